@@ -1,0 +1,17 @@
+"""Attribution methods of inseq_ext, registered in inseq's method registry on import."""
+
+from .base import ExtFeatureAttribution
+from .custom_saliency import CustomSaliencyAttribution, SaliencyOptions, normalized_saliency
+from .gradient_attribution import InputGradientAttribution
+from .model_state import HookSet, ModelSnapshot, preserved_model_state
+
+__all__ = [
+    "CustomSaliencyAttribution",
+    "ExtFeatureAttribution",
+    "HookSet",
+    "InputGradientAttribution",
+    "ModelSnapshot",
+    "SaliencyOptions",
+    "normalized_saliency",
+    "preserved_model_state",
+]

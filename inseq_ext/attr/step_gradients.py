@@ -1,0 +1,203 @@
+"""Gradients of inseq's step function with respect to the input embeddings, for every generation step.
+
+Two ways to get the same numbers:
+
+* :func:`per_step_input_gradients` runs one forward and one backward per generation step on the prefix, the way
+  inseq's own gradient methods (through captum) do.
+* :class:`SingleForwardGradients` runs **one** forward pass over the full sequences (prompt and every generated
+  token) and serves each step from the retained graph. In a causal decoder the logits at position ``t - 1`` depend
+  only on tokens ``< t``, so they equal the logits of a forward pass over the prefix of length ``t``, and so do
+  their gradients (which are exactly zero on later positions); an encoder-decoder's decoder is causal in the same
+  way. Each step then costs one backward pass instead of a forward and a backward, and the language-model head is
+  not re-run over the whole prefix at every step.
+"""
+
+from __future__ import annotations
+
+import inspect
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from inseq.attr.step_functions import STEP_SCORES_MAP
+from inseq.data import DecoderOnlyBatch, EncoderDecoderBatch
+
+#: Registered step functions whose value for a step only reads the logits at that step's position (and, for the
+#: contrastive ones, forward passes over other inputs). They may be served from one forward pass over the full
+#: sequences. ``mc_dropout_prob_avg`` is not among them: it switches the model to train mode and re-runs it.
+SINGLE_FORWARD_STEP_FUNCTIONS = (
+    "logit",
+    "probability",
+    "logprob",
+    "entropy",
+    "crossentropy",
+    "perplexity",
+    "contrast_logits",
+    "contrast_prob",
+    "contrast_logits_diff",
+    "contrast_prob_diff",
+    "pcxmi",
+    "kl_divergence",
+    "in_context_pvi",
+)
+
+
+def supports_single_forward(attributed_fn: Callable[..., torch.Tensor]) -> bool:
+    """Whether ``attributed_fn`` is one of the registered step functions known to be safe for a single forward."""
+    return any(STEP_SCORES_MAP.get(name) is attributed_fn for name in SINGLE_FORWARD_STEP_FUNCTIONS)
+
+
+def per_step_input_gradients(attribution_model, attribute_fn_main_args: dict[str, Any]) -> tuple[torch.Tensor, ...]:
+    """Gradient of the step function with respect to each attributed input, from a forward pass on the prefix.
+
+    ``attribute_fn_main_args`` are the captum-style arguments inseq builds for a step (``inputs`` and
+    ``additional_forward_args``); the model wrapper's ``forward`` returns the step function's value per sequence.
+    """
+    inputs = tuple(tensor.detach().requires_grad_(True) for tensor in attribute_fn_main_args["inputs"])
+    with torch.enable_grad():
+        scores = attribution_model(*inputs, *attribute_fn_main_args["additional_forward_args"])
+        # Sequences of a batch do not interact, so the gradient of the sum is each sequence's own gradient.
+        gradients = torch.autograd.grad(scores.sum(), inputs, allow_unused=True)
+    return tuple(torch.zeros_like(x) if g is None else g for x, g in zip(inputs, gradients, strict=True))
+
+
+class SingleForwardGradients:
+    """Per-step input gradients for a whole batch, all served from a single forward pass.
+
+    The forward pass runs once, on the first request, over the full sequences. When the model accepts
+    ``logits_to_keep``, logits are computed only at the positions the planned steps read. Gradients are then
+    computed for ``steps_per_backward`` steps at a time with one vectorized backward pass
+    (``torch.autograd.grad(..., is_grads_batched=True)``), or one backward per step where a model's backward
+    cannot be vectorized, and cached until inseq's loop asks for them.
+
+    Args:
+        attribution_model: inseq's model wrapper.
+        batch: The full batch inseq attributes (prompt and generated tokens).
+        attributed_fn: The step function being attributed.
+        attributed_fn_args: Extra keyword arguments of the step function.
+        steps: The generation steps inseq's loop will attribute.
+        attribute_target: For encoder-decoders, also differentiate with respect to the target prefix.
+        steps_per_backward: Steps per vectorized backward pass (memory grows with it).
+    """
+
+    def __init__(
+        self,
+        attribution_model,
+        batch: DecoderOnlyBatch | EncoderDecoderBatch,
+        attributed_fn: Callable[..., torch.Tensor],
+        attributed_fn_args: dict[str, Any],
+        steps: range,
+        attribute_target: bool = False,
+        steps_per_backward: int = 8,
+    ) -> None:
+        self.attribution_model = attribution_model
+        self.attributed_fn = attributed_fn
+        # inseq drops step-function arguments left to None before calling the function; so do we.
+        self.attributed_fn_args = {k: v for k, v in attributed_fn_args.items() if v is not None}
+        self.steps = steps
+        self.steps_per_backward = steps_per_backward
+        self.batch = batch.clone()
+        if attribution_model.is_encoder_decoder:
+            source = _leaf(batch.sources.input_embeds, requires_grad=True)
+            target = _leaf(batch.targets.input_embeds, requires_grad=attribute_target)
+            self.batch.sources.input_embeds, self.batch.targets.input_embeds = source, target
+            self.inputs = (source, target) if attribute_target else (source,)
+        else:
+            target = _leaf(batch.input_embeds, requires_grad=True)
+            self.batch.input_embeds = target
+            self.inputs = (target,)
+        self.forward_output = None
+        self.first_logit_position = 0
+        self.vectorized_backward = True
+        self.cache: dict[int, tuple[torch.Tensor, ...]] = {}
+
+    def gradients(self, step: int, rows: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Gradient of the step function at generation ``step`` for the sequences ``rows`` of the batch.
+
+        Returns one tensor per attributed input, restricted to ``rows``; target-side tensors are cut to the
+        ``step`` prefix tokens, as in a per-step forward pass.
+        """
+        if step not in self.cache:
+            self._compute_from(step)
+        gradients = self.cache.pop(step)
+        source_side = 1 if self.attribution_model.is_encoder_decoder else 0
+        return tuple(grad[rows] if idx < source_side else grad[rows, :step] for idx, grad in enumerate(gradients))
+
+    def release(self) -> None:
+        """Free the retained graph and any cached gradients."""
+        self.forward_output = None
+        self.inputs = ()
+        self.cache.clear()
+
+    def _run_forward(self, first_step: int) -> None:
+        kwargs = {}
+        model_forward = self.attribution_model.model.forward
+        if "logits_to_keep" in inspect.signature(model_forward).parameters:
+            # Only the positions read by the planned steps need logits (step t reads position t - 1).
+            self.first_logit_position = min(first_step, self.steps.start) - 1
+            last_position = max(self.steps.stop, first_step + 1) - 1
+            kwargs["logits_to_keep"] = torch.arange(self.first_logit_position, last_position)
+        self.forward_output = self.attribution_model.get_forward_output(self.batch, use_embeddings=True, **kwargs)
+
+    def _step_score_total(self, step: int) -> torch.Tensor:
+        """Sum over the batch's unfinished sequences of the step function at ``step``."""
+        output = self.forward_output
+        position = step - 1 - self.first_logit_position
+        # The step function reads the logits at the last position, as after a forward pass on the prefix.
+        step_output = type(output)(**{**output, "logits": output.logits[:, position : position + 1]})
+        target_ids, active = self.batch.get_step_target(step, with_attention=True)
+        step_args = self.attribution_model.formatter.format_step_function_args(
+            attribution_model=self.attribution_model,
+            forward_output=step_output,
+            target_ids=target_ids,
+            batch=self.batch[:step],
+            is_attributed_fn=True,
+        )
+        scores = self.attributed_fn(step_args, **self.attributed_fn_args)
+        # Sequences of a batch do not interact, so the gradient of the sum is each sequence's own gradient.
+        return scores.reshape(-1)[active.bool()].sum()
+
+    def _compute_from(self, first_step: int) -> None:
+        planned = [step for step in self.steps if step >= first_step][: self.steps_per_backward]
+        chunk = planned if planned and planned[0] == first_step else [first_step]
+        with torch.enable_grad():
+            if self.forward_output is None:
+                self._run_forward(first_step)
+            totals = torch.stack([self._step_score_total(step) for step in chunk])
+            gradients = self._backward(totals)
+        for idx, step in enumerate(chunk):
+            self.cache[step] = tuple(grad[idx] for grad in gradients)
+
+    def _backward(self, totals: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Gradients of each entry of ``totals`` w.r.t. every input, stacked on a leading step dimension."""
+        if len(totals) > 1 and self.vectorized_backward:
+            try:
+                with warnings.catch_warnings():
+                    warnings.filterwarnings("ignore", message=".*performance drop.*")
+                    gradients = torch.autograd.grad(
+                        totals,
+                        self.inputs,
+                        grad_outputs=torch.eye(len(totals), dtype=totals.dtype, device=totals.device),
+                        retain_graph=True,
+                        is_grads_batched=True,
+                        allow_unused=True,
+                    )
+                return tuple(
+                    torch.zeros(len(totals), *x.shape, dtype=x.dtype, device=x.device) if g is None else g
+                    for x, g in zip(self.inputs, gradients, strict=True)
+                )
+            except (RuntimeError, NotImplementedError):
+                # Some backward formulas have no batching rule: one backward pass per step gives the same numbers.
+                self.vectorized_backward = False
+        per_step = [
+            torch.autograd.grad(total, self.inputs, retain_graph=True, allow_unused=True) for total in totals
+        ]
+        return tuple(
+            torch.stack([torch.zeros_like(x) if grads[idx] is None else grads[idx] for grads in per_step])
+            for idx, x in enumerate(self.inputs)
+        )
+
+
+def _leaf(tensor: torch.Tensor, requires_grad: bool) -> torch.Tensor:
+    return tensor.detach().clone().requires_grad_(requires_grad)

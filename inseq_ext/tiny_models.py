@@ -1,0 +1,195 @@
+"""Tiny, seeded transformer models and a small trained tokenizer that need no network.
+
+Tests, benchmarks and the offline demo build their models here: random weights from a ``transformers`` config
+(fixed seed) and a byte-level BPE tokenizer trained with ``tokenizers`` on a short built-in corpus. Nothing is
+downloaded. The weights are random, so attributions on these models are only good for checking the arithmetic.
+"""
+
+from __future__ import annotations
+
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+from transformers import (
+    BartConfig,
+    BartForConditionalGeneration,
+    GPT2Config,
+    GPT2LMHeadModel,
+    GPTNeoXConfig,
+    GPTNeoXForCausalLM,
+    LlamaConfig,
+    LlamaForCausalLM,
+    MistralConfig,
+    MistralForCausalLM,
+    PhiConfig,
+    PhiForCausalLM,
+    PreTrainedModel,
+    PreTrainedTokenizerFast,
+    Qwen2Config,
+    Qwen2ForCausalLM,
+    Qwen3Config,
+    Qwen3ForCausalLM,
+)
+
+PAD, BOS, EOS, UNK = "<pad>", "<s>", "</s>", "<unk>"
+
+_CORPUS = [
+    "Hello ladies and gentlemen, I am a member of the Board.",
+    "The first president of America is George Washington.",
+    "The capital of France is Paris, and the capital of Italy is Rome.",
+    "This film is a compelling drama that captivates audiences with its storytelling.",
+    "The movie was boring and the acting was terrible.",
+    "Online chat support is open Monday to Friday from 8:00 AM to 8:00 PM.",
+    "Phone support is available 24/7 for premium customers.",
+    "def add(a, b):\n    return a + b\n",
+    "Which input tokens mattered when the model generated this word?",
+    "A saliency map shows the gradient of the output with respect to each input token.",
+]
+
+DECODER_ONLY_ARCHITECTURES = ("gpt2", "llama", "mistral", "qwen2", "qwen3", "gpt_neox", "phi")
+ENCODER_DECODER_ARCHITECTURES = ("bart",)
+ARCHITECTURES = DECODER_ONLY_ARCHITECTURES + ENCODER_DECODER_ARCHITECTURES
+
+
+def build_tokenizer(vocab_size: int = 384, add_bos: bool = False, add_eos: bool = False) -> PreTrainedTokenizerFast:
+    """Train a byte-level BPE tokenizer on the built-in corpus (deterministic, a fraction of a second).
+
+    Args:
+        vocab_size: Target vocabulary size, special tokens included.
+        add_bos: Prepend ``<s>`` to every encoded text (Llama-style tokenizers do).
+        add_eos: Append ``</s>`` to every encoded text (sequence-to-sequence tokenizers do).
+    """
+    tokenizer = Tokenizer(models.BPE(unk_token=None))
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=[PAD, BOS, EOS, UNK],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tokenizer.train_from_iterator(_CORPUS * 4, trainer)
+    if add_bos or add_eos:
+        single = " ".join(([BOS] if add_bos else []) + ["$A"] + ([EOS] if add_eos else []))
+        pair = " ".join(([BOS] if add_bos else []) + ["$A", "$B"] + ([EOS] if add_eos else []))
+        tokenizer.post_processor = processors.TemplateProcessing(
+            single=single,
+            pair=pair,
+            special_tokens=[(BOS, tokenizer.token_to_id(BOS)), (EOS, tokenizer.token_to_id(EOS))],
+        )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer, pad_token=PAD, bos_token=BOS, eos_token=EOS, unk_token=UNK
+    )
+
+
+def _model_config(architecture: str, vocab_size: int, ids: dict[str, int], size: dict[str, int]):
+    hidden, layers, heads = size["hidden"], size["layers"], size["heads"]
+    ffn = size.get("ffn", 4 * hidden)
+    max_positions = size.get("max_positions", 512)
+    common = {"vocab_size": vocab_size, **ids}
+    rotary_family = {
+        "hidden_size": hidden,
+        "intermediate_size": ffn,
+        "num_hidden_layers": layers,
+        "num_attention_heads": heads,
+        "num_key_value_heads": size.get("kv_heads", max(1, heads // 2)),
+        "max_position_embeddings": max_positions,
+        **common,
+    }
+    if architecture == "gpt2":
+        return GPT2Config(
+            n_embd=hidden, n_layer=layers, n_head=heads, n_inner=ffn, n_positions=max_positions, **common
+        )
+    if architecture == "llama":
+        return LlamaConfig(**rotary_family)
+    if architecture == "mistral":
+        return MistralConfig(sliding_window=None, **rotary_family)
+    if architecture == "qwen2":
+        return Qwen2Config(**rotary_family)
+    if architecture == "qwen3":
+        return Qwen3Config(head_dim=hidden // heads, **rotary_family)
+    if architecture == "gpt_neox":
+        return GPTNeoXConfig(
+            hidden_size=hidden,
+            intermediate_size=ffn,
+            num_hidden_layers=layers,
+            num_attention_heads=heads,
+            max_position_embeddings=max_positions,
+            rotary_pct=0.5,
+            **common,
+        )
+    if architecture == "phi":
+        return PhiConfig(
+            hidden_size=hidden,
+            intermediate_size=ffn,
+            num_hidden_layers=layers,
+            num_attention_heads=heads,
+            max_position_embeddings=max_positions,
+            partial_rotary_factor=0.5,
+            **common,
+        )
+    if architecture == "bart":
+        return BartConfig(
+            d_model=hidden,
+            encoder_layers=layers,
+            decoder_layers=layers,
+            encoder_attention_heads=heads,
+            decoder_attention_heads=heads,
+            encoder_ffn_dim=ffn,
+            decoder_ffn_dim=ffn,
+            max_position_embeddings=max_positions,
+            scale_embedding=True,
+            decoder_start_token_id=ids["eos_token_id"],
+            forced_eos_token_id=None,
+            **common,
+        )
+    raise ValueError(f"Unknown tiny architecture {architecture!r}; choose one of {', '.join(ARCHITECTURES)}.")
+
+
+def build_model(
+    architecture: str,
+    tokenizer: PreTrainedTokenizerFast | None = None,
+    seed: int = 0,
+    hidden: int = 32,
+    layers: int = 2,
+    heads: int = 4,
+    **size: int,
+) -> tuple[PreTrainedModel, PreTrainedTokenizerFast]:
+    """Build a tiny randomly initialised model of a given architecture, in eval mode, with its tokenizer.
+
+    Args:
+        architecture: One of :data:`ARCHITECTURES`.
+        tokenizer: Tokenizer to pair with the model; by default one is trained with :func:`build_tokenizer`
+            (``<s>`` prepended for Llama-style models, ``</s>`` appended for encoder-decoders).
+        seed: Seed for the random weights.
+        hidden, layers, heads: Model size; further keys (``ffn``, ``kv_heads``, ``max_positions``,
+            ``vocab_size``: rows of the embedding matrix, at least the tokenizer's size) refine it.
+    """
+    if tokenizer is None:
+        tokenizer = build_tokenizer(
+            add_bos=architecture in ("llama", "mistral"), add_eos=architecture in ENCODER_DECODER_ARCHITECTURES
+        )
+    ids = {
+        "pad_token_id": tokenizer.pad_token_id,
+        "bos_token_id": tokenizer.bos_token_id,
+        "eos_token_id": tokenizer.eos_token_id,
+    }
+    vocab_size = size.pop("vocab_size", len(tokenizer))
+    config = _model_config(architecture, vocab_size, ids, {"hidden": hidden, "layers": layers, "heads": heads, **size})
+    model_classes = {
+        "gpt2": GPT2LMHeadModel,
+        "llama": LlamaForCausalLM,
+        "mistral": MistralForCausalLM,
+        "qwen2": Qwen2ForCausalLM,
+        "qwen3": Qwen3ForCausalLM,
+        "gpt_neox": GPTNeoXForCausalLM,
+        "phi": PhiForCausalLM,
+        "bart": BartForConditionalGeneration,
+    }
+    generator_state = torch.random.get_rng_state()
+    torch.manual_seed(seed)
+    try:
+        model = model_classes[architecture](config)
+    finally:
+        torch.random.set_rng_state(generator_state)
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    return model.eval(), tokenizer
