@@ -8,7 +8,8 @@ and ``save``/``load`` all apply unchanged. The base class adds three things:
   registered through :attr:`hooks`, so the user's model comes back exactly as it was, on success and on error;
 * two extension points around the batch, :meth:`begin_batch` and :meth:`end_batch`, that subclasses use to set up
   and release work shared by all steps (one forward pass for all generation steps, captured activations);
-* filtering of finished sequences that also works for decoder-only models (see :meth:`filtered_attribute_step`).
+* batches in which sequences finish at different steps work for decoder-only models too (see
+  :meth:`prepare_and_attribute` and :meth:`filtered_attribute_step`).
 """
 
 from __future__ import annotations
@@ -78,6 +79,28 @@ class ExtFeatureAttribution(FeatureAttribution, Registry):
                 self.end_batch()
                 self.hooks = None
                 self.current_step = self.current_rows = None
+
+    def prepare_and_attribute(self, sources, targets, *args: Any, batch_size: int | None = None, **kwargs: Any):
+        """inseq's batch preparation and attribution, one sequence at a time where right-alignment would break.
+
+        inseq left-pads decoder-only batches and attributes the same positions of every row, which assumes every
+        sequence generated the same number of tokens. When one sequence ends before the others its padding
+        reaches into the attributed steps: inseq 0.7.1 then fails in its filtering, and even once that is fixed its
+        per-sequence assembly picks the wrong steps. Such batches are attributed one sequence at a time, so each
+        sequence gets exactly the attribution it gets alone. Batches of equal generated length stay batched.
+        """
+        if self._generated_lengths_differ(sources, targets, kwargs.get("skip_special_tokens", False)):
+            batch_size = 1
+        return super().prepare_and_attribute(sources, targets, *args, batch_size=batch_size, **kwargs)
+
+    def _generated_lengths_differ(self, sources, targets, skip_special_tokens: bool) -> bool:
+        if self.attribution_model.is_encoder_decoder or isinstance(sources, str) or len(sources) < 2:
+            return False
+
+        def length(text: str) -> int:
+            return self.attribution_model.encode(text, add_special_tokens=not skip_special_tokens).input_ids.shape[1]
+
+        return len({length(target) - length(source) for source, target in zip(sources, targets, strict=True)}) > 1
 
     def filtered_attribute_step(
         self,

@@ -107,4 +107,6 @@ class CustomSaliencyAttribution(InputGradientAttribution):
         options = SaliencyOptions.from_args(attribution_args)
         scores = normalized_saliency(self.input_gradients(attribute_fn_main_args), options.norm, options.normalize)
         source, target = get_source_target_attributions(scores, self.attribution_model.is_encoder_decoder)
-        return CoarseFeatureAttributionStepOutput(source_attributions=source, target_attributions=target, step_scores={})
+        return CoarseFeatureAttributionStepOutput(
+            source_attributions=source, target_attributions=target, step_scores={}
+        )

@@ -36,18 +36,22 @@ class ModelSnapshot:
         )
 
     def restore(self, model: torch.nn.Module) -> None:
-        """Put back the train/eval flags, ``requires_grad`` flags and embedding modules recorded in the snapshot."""
-        for module, training in zip(model.modules(), self.training, strict=True):
-            module.training = training
-        for param, requires_grad in zip(model.parameters(), self.requires_grad, strict=True):
-            param.requires_grad_(requires_grad)
-        if self.input_embeddings is not None and _embedding_module(model, "get_input_embeddings") is not self.input_embeddings:
+        """Put back the embedding modules, then the train/eval and ``requires_grad`` flags of the snapshot."""
+        # Embeddings first: a swapped embedding changes the module and parameter lists the flags are zipped with.
+        if (
+            self.input_embeddings is not None
+            and _embedding_module(model, "get_input_embeddings") is not self.input_embeddings
+        ):
             model.set_input_embeddings(self.input_embeddings)
         if (
             self.output_embeddings is not None
             and _embedding_module(model, "get_output_embeddings") is not self.output_embeddings
         ):
             model.set_output_embeddings(self.output_embeddings)
+        for module, training in zip(model.modules(), self.training, strict=True):
+            module.training = training
+        for param, requires_grad in zip(model.parameters(), self.requires_grad, strict=True):
+            param.requires_grad_(requires_grad)
 
 
 def _embedding_module(model: torch.nn.Module, getter: str) -> torch.nn.Module | None:
