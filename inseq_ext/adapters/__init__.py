@@ -1,0 +1,49 @@
+"""Model-family adapters: the only place that knows where a model keeps its blocks (and, later, q/k/rotary)."""
+
+from __future__ import annotations
+
+import torch
+
+from .base import BlockStacks, ModelAdapter, resolve_module_list
+from .families import BUILT_IN_ADAPTERS
+
+_ADAPTERS: dict[str, ModelAdapter] = {}
+
+
+def register_adapter(adapter: ModelAdapter, overwrite: bool = False) -> None:
+    """Make ``adapter`` serve every ``config.model_type`` it lists (``overwrite`` replaces an existing one)."""
+    for model_type in adapter.model_types:
+        if model_type in _ADAPTERS and not overwrite:
+            raise ValueError(f"An adapter for model type {model_type!r} exists already; pass overwrite=True.")
+        _ADAPTERS[model_type] = adapter
+
+
+for _adapter in BUILT_IN_ADAPTERS:
+    register_adapter(_adapter)
+
+
+def supported_model_types() -> list[str]:
+    return sorted(_ADAPTERS)
+
+
+def get_adapter(model: torch.nn.Module) -> ModelAdapter:
+    """The adapter for a Hugging Face model, from its ``config.model_type``; a clear error when none is known."""
+    model_type = getattr(getattr(model, "config", None), "model_type", None)
+    if model_type not in _ADAPTERS:
+        raise ValueError(
+            f"No inseq_ext adapter for model type {model_type!r} ({type(model).__name__}). Supported model types: "
+            f"{', '.join(supported_model_types())}. Add one with inseq_ext.adapters.register_adapter(ModelAdapter("
+            "family=..., model_types=(...,), decoder_blocks='path.to.blocks', ...)), or name the block list "
+            "explicitly where the method accepts it."
+        )
+    return _ADAPTERS[model_type]
+
+
+__all__ = [
+    "BlockStacks",
+    "ModelAdapter",
+    "get_adapter",
+    "register_adapter",
+    "resolve_module_list",
+    "supported_model_types",
+]
