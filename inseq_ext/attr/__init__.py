@@ -2,14 +2,14 @@
 
 from .base import ExtFeatureAttribution
 from .custom_saliency import CustomSaliencyAttribution, SaliencyOptions, normalized_saliency
-from .gradient_attribution import InputGradientAttribution
+from .gradient_attribution import StepGradientAttribution
 from .model_state import HookSet, ModelSnapshot, preserved_model_state
 
 __all__ = [
     "CustomSaliencyAttribution",
     "ExtFeatureAttribution",
     "HookSet",
-    "InputGradientAttribution",
+    "StepGradientAttribution",
     "ModelSnapshot",
     "SaliencyOptions",
     "normalized_saliency",

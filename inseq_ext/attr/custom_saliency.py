@@ -10,7 +10,7 @@ import torch
 from inseq.attr.feat.attribution_utils import get_source_target_attributions
 from inseq.data import CoarseFeatureAttributionStepOutput
 
-from .gradient_attribution import InputGradientAttribution, check_single_forward
+from .gradient_attribution import StepGradientAttribution, check_single_forward
 
 #: Vector norms over the embedding dimension, by name.
 NORMS: dict[str, float] = {"l2": 2.0, "l1": 1.0, "linf": math.inf}
@@ -82,7 +82,7 @@ def normalized_saliency(
     return tuple(magnitude / scale for magnitude in magnitudes)
 
 
-class CustomSaliencyAttribution(InputGradientAttribution):
+class CustomSaliencyAttribution(StepGradientAttribution):
     """Normalized gradient saliency: one score per input token for every generated token.
 
     The gradient of inseq's step function (``attributed_fn``: probability by default, or ``"logit"``,
@@ -105,7 +105,8 @@ class CustomSaliencyAttribution(InputGradientAttribution):
         self, attribute_fn_main_args: dict[str, Any], attribution_args: dict[str, Any] = {}
     ) -> CoarseFeatureAttributionStepOutput:
         options = SaliencyOptions.from_args(attribution_args)
-        scores = normalized_saliency(self.input_gradients(attribute_fn_main_args), options.norm, options.normalize)
+        gradients, _ = self.step_gradients(attribute_fn_main_args)
+        scores = normalized_saliency(gradients, options.norm, options.normalize)
         source, target = get_source_target_attributions(scores, self.attribution_model.is_encoder_decoder)
         return CoarseFeatureAttributionStepOutput(
             source_attributions=source, target_attributions=target, step_scores={}

@@ -1,4 +1,4 @@
-"""Base class of the methods built on gradients of the step function with respect to the input embeddings."""
+"""Base class of the methods built on gradients of the step function (w.r.t. inputs and captured activations)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,9 @@ import torch
 from inseq.data import DecoderOnlyBatch, EncoderDecoderBatch
 from inseq.utils import Registry
 
+from .activation_capture import ActivationCapture
 from .base import ExtFeatureAttribution
-from .step_gradients import SingleForwardGradients, per_step_input_gradients, supports_single_forward
+from .step_gradients import SingleForwardGradients, per_step_gradients, supports_single_forward
 
 
 def check_single_forward(value: Any) -> bool | None:
@@ -20,18 +21,24 @@ def check_single_forward(value: Any) -> bool | None:
     return value
 
 
-class InputGradientAttribution(ExtFeatureAttribution, Registry):
-    """Gradient-based method whose steps need ``dF_t / d embeddings`` for every attributed input.
+class StepGradientAttribution(ExtFeatureAttribution, Registry):
+    """Gradient-based method whose steps need ``dF_t / dx`` for the input embeddings (and captured activations).
 
     With ``single_forward`` left to ``None``, inseq's registered step functions known to read only the logits of
     their step (see :data:`~inseq_ext.attr.step_gradients.SINGLE_FORWARD_STEP_FUNCTIONS`) are served from one
     forward pass over the full sequences; custom step functions get one forward pass per step, exactly as inseq's
-    own methods. ``single_forward=True`` forces the fast path and ``False`` the per-step one.
+    own methods. ``single_forward=True`` forces the fast path and ``False`` the per-step one. Subclasses that also
+    need activations return an :class:`ActivationCapture` from :meth:`activation_capture`.
     """
 
     def __init__(self, attribution_model, **kwargs) -> None:
         super().__init__(attribution_model, **kwargs)
         self.single_forward: SingleForwardGradients | None = None
+        self.capture: ActivationCapture | None = None
+
+    def activation_capture(self, attribute_target: bool, attribution_args: dict[str, Any]) -> ActivationCapture | None:
+        """Activations to differentiate with respect to, besides the inputs. None by default."""
+        return None
 
     def begin_batch(
         self,
@@ -42,20 +49,29 @@ class InputGradientAttribution(ExtFeatureAttribution, Registry):
         attribution_args: dict[str, Any],
         attributed_fn_args: dict[str, Any],
     ) -> None:
+        self.capture = self.activation_capture(attribute_target, attribution_args)
         requested = check_single_forward(attribution_args.get("single_forward"))
         use_single_forward = supports_single_forward(attributed_fn) if requested is None else requested
         if use_single_forward:
             self.single_forward = SingleForwardGradients(
-                self.attribution_model, batch, attributed_fn, attributed_fn_args, steps, attribute_target
+                self.attribution_model,
+                batch,
+                attributed_fn,
+                attributed_fn_args,
+                steps,
+                attribute_target,
+                capture=self.capture,
             )
 
     def end_batch(self) -> None:
         if self.single_forward is not None:
             self.single_forward.release()
-        self.single_forward = None
+        self.single_forward = self.capture = None
 
-    def input_gradients(self, attribute_fn_main_args: dict[str, Any]) -> tuple[torch.Tensor, ...]:
-        """Gradients of the current step's function w.r.t. each attributed input (source, then target prefix)."""
+    def step_gradients(
+        self, attribute_fn_main_args: dict[str, Any]
+    ) -> tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor, ...]]:
+        """``(gradients, values)`` of the current step: inputs (source, then target prefix), then activations."""
         if self.single_forward is not None:
             return self.single_forward.gradients(self.current_step, self.current_rows)
-        return per_step_input_gradients(self.attribution_model, attribute_fn_main_args)
+        return per_step_gradients(self.attribution_model, attribute_fn_main_args, self.capture)

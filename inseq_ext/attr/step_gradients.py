@@ -1,8 +1,9 @@
-"""Gradients of inseq's step function with respect to the input embeddings, for every generation step.
+"""Gradients of inseq's step function for every generation step, with respect to the input embeddings and,
+optionally, activations recorded by an :class:`~inseq_ext.attr.activation_capture.ActivationCapture`.
 
 Two ways to get the same numbers:
 
-* :func:`per_step_input_gradients` runs one forward and one backward per generation step on the prefix, the way
+* :func:`per_step_gradients` runs one forward and one backward per generation step on the prefix, the way
   inseq's own gradient methods (through captum) do.
 * :class:`SingleForwardGradients` runs **one** forward pass over the full sequences (prompt and every generated
   token) and serves each step from the retained graph. In a causal decoder the logits at position ``t - 1`` depend
@@ -17,11 +18,14 @@ from __future__ import annotations
 import inspect
 import warnings
 from collections.abc import Callable
+from contextlib import nullcontext
 from typing import Any
 
 import torch
 from inseq.attr.step_functions import STEP_SCORES_MAP
 from inseq.data import DecoderOnlyBatch, EncoderDecoderBatch
+
+from .activation_capture import ActivationCapture, Side
 
 #: Registered step functions whose value for a step only reads the logits at that step's position (and, for the
 #: contrastive ones, forward passes over other inputs). They may be served from one forward pass over the full
@@ -48,18 +52,25 @@ def supports_single_forward(attributed_fn: Callable[..., torch.Tensor]) -> bool:
     return any(STEP_SCORES_MAP.get(name) is attributed_fn for name in SINGLE_FORWARD_STEP_FUNCTIONS)
 
 
-def per_step_input_gradients(attribution_model, attribute_fn_main_args: dict[str, Any]) -> tuple[torch.Tensor, ...]:
-    """Gradient of the step function with respect to each attributed input, from a forward pass on the prefix.
+def per_step_gradients(
+    attribution_model, attribute_fn_main_args: dict[str, Any], capture: ActivationCapture | None = None
+) -> tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor, ...]]:
+    """Gradient of the step function w.r.t. each attributed input (and captured activation), from a prefix forward.
 
     ``attribute_fn_main_args`` are the captum-style arguments inseq builds for a step (``inputs`` and
     ``additional_forward_args``); the model wrapper's ``forward`` returns the step function's value per sequence.
+
+    Returns:
+        ``(gradients, values)``: one gradient per differentiated tensor and the tensors themselves, inputs first.
     """
     inputs = tuple(tensor.detach().requires_grad_(True) for tensor in attribute_fn_main_args["inputs"])
     with torch.enable_grad():
-        scores = attribution_model(*inputs, *attribute_fn_main_args["additional_forward_args"])
+        with capture.recording() if capture is not None else nullcontext():
+            scores = attribution_model(*inputs, *attribute_fn_main_args["additional_forward_args"])
+        values = inputs + (capture.tensors() if capture is not None else ())
         # Sequences of a batch do not interact, so the gradient of the sum is each sequence's own gradient.
-        gradients = torch.autograd.grad(scores.sum(), inputs, allow_unused=True)
-    return tuple(torch.zeros_like(x) if g is None else g for x, g in zip(inputs, gradients, strict=True))
+        gradients = torch.autograd.grad(scores.sum(), values, allow_unused=True)
+    return tuple(torch.zeros_like(x) if g is None else g for x, g in zip(values, gradients, strict=True)), values
 
 
 class SingleForwardGradients:
@@ -80,6 +91,7 @@ class SingleForwardGradients:
         attribute_target: For encoder-decoders, also differentiate with respect to the target prefix.
         steps_per_backward: Steps per vectorized backward pass. Memory grows with it; 4 was fastest on a
             12-layer GPT-2 on CPU (1, 2 and 8 were slower).
+        capture: Activations to differentiate with respect to as well, recorded during the single forward pass.
     """
 
     def __init__(
@@ -91,6 +103,7 @@ class SingleForwardGradients:
         steps: range,
         attribute_target: bool = False,
         steps_per_backward: int = 4,
+        capture: ActivationCapture | None = None,
     ) -> None:
         self.attribution_model = attribution_model
         self.attributed_fn = attributed_fn
@@ -104,31 +117,45 @@ class SingleForwardGradients:
             target = _leaf(batch.targets.input_embeds, requires_grad=attribute_target)
             self.batch.sources.input_embeds, self.batch.targets.input_embeds = source, target
             self.inputs = (source, target) if attribute_target else (source,)
+            self.sides: tuple[Side, ...] = ("source", "target")[: len(self.inputs)]
         else:
             target = _leaf(batch.input_embeds, requires_grad=True)
             self.batch.input_embeds = target
             self.inputs = (target,)
+            self.sides = ("target",)
+        self.capture = capture
+        if capture is not None:
+            self.sides += capture.sides
+        # The tensors differentiated with respect to: the inputs, then the captured activations.
+        self.values: tuple[torch.Tensor, ...] = self.inputs
         self.forward_output = None
         self.first_logit_position = 0
         self.vectorized_backward = True
         self.cache: dict[int, tuple[torch.Tensor, ...]] = {}
 
-    def gradients(self, step: int, rows: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """Gradient of the step function at generation ``step`` for the sequences ``rows`` of the batch.
+    def gradients(self, step: int, rows: torch.Tensor) -> tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor, ...]]:
+        """Gradients of the step function at generation ``step`` for the sequences ``rows`` of the batch.
 
-        Returns one tensor per attributed input, restricted to ``rows``; target-side tensors are cut to the
-        ``step`` prefix tokens, as in a per-step forward pass.
+        Returns:
+            ``(gradients, values)`` as :func:`per_step_gradients` does: restricted to ``rows``, target-side tensors
+            cut to the ``step`` prefix tokens, as after a forward pass on the prefix.
         """
         if step not in self.cache:
             self._compute_from(step)
         gradients = self.cache.pop(step)
-        source_side = 1 if self.attribution_model.is_encoder_decoder else 0
-        return tuple(grad[rows] if idx < source_side else grad[rows, :step] for idx, grad in enumerate(gradients))
+
+        def cut(tensor: torch.Tensor, side: Side) -> torch.Tensor:
+            return tensor[rows] if side == "source" else tensor[rows, :step]
+
+        return (
+            tuple(cut(grad, side) for grad, side in zip(gradients, self.sides, strict=True)),
+            tuple(cut(value.detach(), side) for value, side in zip(self.values, self.sides, strict=True)),
+        )
 
     def release(self) -> None:
         """Free the retained graph and any cached gradients."""
         self.forward_output = None
-        self.inputs = ()
+        self.inputs = self.values = ()
         self.cache.clear()
 
     def _run_forward(self, first_step: int) -> None:
@@ -139,7 +166,10 @@ class SingleForwardGradients:
             self.first_logit_position = min(first_step, self.steps.start) - 1
             last_position = max(self.steps.stop, first_step + 1) - 1
             kwargs["logits_to_keep"] = torch.arange(self.first_logit_position, last_position)
-        self.forward_output = self.attribution_model.get_forward_output(self.batch, use_embeddings=True, **kwargs)
+        with self.capture.recording() if self.capture is not None else nullcontext():
+            self.forward_output = self.attribution_model.get_forward_output(self.batch, use_embeddings=True, **kwargs)
+        if self.capture is not None:
+            self.values = self.inputs + self.capture.tensors()
 
     def _step_score_total(self, step: int) -> torch.Tensor:
         """Sum over the batch's unfinished sequences of the step function at ``step``."""
@@ -179,7 +209,7 @@ class SingleForwardGradients:
                     warnings.filterwarnings("ignore", message=".*performance drop.*")
                     gradients = torch.autograd.grad(
                         totals,
-                        self.inputs,
+                        self.values,
                         grad_outputs=torch.eye(len(totals), dtype=totals.dtype, device=totals.device),
                         retain_graph=True,
                         is_grads_batched=True,
@@ -187,15 +217,15 @@ class SingleForwardGradients:
                     )
                 return tuple(
                     torch.zeros(len(totals), *x.shape, dtype=x.dtype, device=x.device) if g is None else g
-                    for x, g in zip(self.inputs, gradients, strict=True)
+                    for x, g in zip(self.values, gradients, strict=True)
                 )
             except (RuntimeError, NotImplementedError):
                 # Some backward formulas have no batching rule: one backward pass per step gives the same numbers.
                 self.vectorized_backward = False
-        per_step = [torch.autograd.grad(total, self.inputs, retain_graph=True, allow_unused=True) for total in totals]
+        per_step = [torch.autograd.grad(total, self.values, retain_graph=True, allow_unused=True) for total in totals]
         return tuple(
             torch.stack([torch.zeros_like(x) if grads[idx] is None else grads[idx] for grads in per_step])
-            for idx, x in enumerate(self.inputs)
+            for idx, x in enumerate(self.values)
         )
 
 
