@@ -4,11 +4,17 @@
 "custom_saliency")`` and ``model.attribute(..., method="custom_saliency")`` work in any inseq workflow.
 """
 
-from .attr import CustomSaliencyAttribution, SaliencyOptions, normalized_saliency
+from .attr import BlockGradientXInputAttribution, CustomSaliencyAttribution, SaliencyOptions, normalized_saliency
 from .step_functions import register_step_functions
 
 register_step_functions()
 
 __version__ = "0.1.0"
 
-__all__ = ["CustomSaliencyAttribution", "SaliencyOptions", "normalized_saliency", "__version__"]
+__all__ = [
+    "BlockGradientXInputAttribution",
+    "CustomSaliencyAttribution",
+    "SaliencyOptions",
+    "normalized_saliency",
+    "__version__",
+]

@@ -45,20 +45,25 @@ def user_model(request):
     user_hook.remove()
 
 
-def test_unchanged_after_success(user_model):
+METHODS = ["custom_saliency", "block_gradient_x_input"]
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_unchanged_after_success(user_model, method):
     attribution_model, model = user_model
     model.eval()  # inseq puts the model in eval mode when it loads it; state is compared from here on
     model.get_input_embeddings().train()
     before = model_state(model)
     for single_forward in (True, False):
         out = attribution_model.attribute(
-            PROMPTS, generation_args=GREEDY, single_forward=single_forward, show_progress=False
+            PROMPTS, method=method, generation_args=GREEDY, single_forward=single_forward, show_progress=False
         )
         assert len(out.sequence_attributions) == 2
         assert_same_state(before, model)
 
 
-def test_unchanged_after_error_inside_a_step(user_model):
+@pytest.mark.parametrize("method", METHODS)
+def test_unchanged_after_error_inside_a_step(user_model, method):
     attribution_model, model = user_model
     before = model_state(model)
     calls = []
@@ -75,6 +80,7 @@ def test_unchanged_after_error_inside_a_step(user_model):
         with pytest.raises(RuntimeError, match="boom"):
             attribution_model.attribute(
                 PROMPTS,
+                method=method,
                 generation_args=GREEDY,
                 attributed_fn=failing_step_function,
                 single_forward=single_forward,
@@ -88,6 +94,10 @@ def test_unchanged_after_bad_option(user_model):
     before = model_state(model)
     with pytest.raises(ValueError, match="norm"):
         attribution_model.attribute(PROMPTS, generation_args=GREEDY, norm="l7", show_progress=False)
+    with pytest.raises(ValueError, match="no module at"):
+        attribution_model.attribute(
+            PROMPTS, method="block_gradient_x_input", blocks="nowhere", generation_args=GREEDY, show_progress=False
+        )
     assert_same_state(before, model)
 
 

@@ -1,11 +1,14 @@
 """Attribution methods of inseq_ext, registered in inseq's method registry on import."""
 
 from .base import ExtFeatureAttribution
+from .block_gradient_x_input import BlockGradientXInputAttribution, BlockGradientXInputSequenceOutput
 from .custom_saliency import CustomSaliencyAttribution, SaliencyOptions, normalized_saliency
 from .gradient_attribution import StepGradientAttribution
 from .model_state import HookSet, ModelSnapshot, preserved_model_state
 
 __all__ = [
+    "BlockGradientXInputAttribution",
+    "BlockGradientXInputSequenceOutput",
     "CustomSaliencyAttribution",
     "ExtFeatureAttribution",
     "HookSet",
