@@ -17,34 +17,18 @@ import time
 
 import inseq
 import torch
-from bench_custom_saliency import make_texts
+from bench_custom_saliency import add_model_arguments, benchmark_model_and_texts
 
 import inseq_ext  # noqa: F401  (registers block_gradient_x_input)
-from inseq_ext.tiny_models import build_model, build_tokenizer
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=1)
-    parser.add_argument("--prompt-tokens", type=int, default=100)
-    parser.add_argument("--new-tokens", type=int, default=32)
-    parser.add_argument("--layers", type=int, default=12)
-    parser.add_argument("--hidden", type=int, default=768)
-    parser.add_argument("--vocab", type=int, default=50257)
+    add_model_arguments(parser)
     args = parser.parse_args()
     logging.disable(logging.WARNING)
-
-    tokenizer = build_tokenizer()
-    model, tokenizer = build_model(
-        "gpt2",
-        tokenizer=tokenizer,
-        hidden=args.hidden,
-        layers=args.layers,
-        heads=12,
-        max_positions=1024,
-        vocab_size=max(args.vocab, len(tokenizer)),
-    )
-    prompt, full = make_texts(tokenizer, args.prompt_tokens, args.new_tokens)
+    model, tokenizer, prompt, full = benchmark_model_and_texts(args)
     ours_model = inseq.load_model(model, "block_gradient_x_input", tokenizer=tokenizer)
     per_layer_models = [
         inseq.load_model(

@@ -46,6 +46,31 @@ def make_texts(tokenizer, prompt_tokens: int, new_tokens: int) -> tuple[str, str
     return prompt, extend(prompt, prompt_tokens + new_tokens)
 
 
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """Command-line options for the benchmark model and texts, shared by the benchmark scripts."""
+    parser.add_argument("--prompt-tokens", type=int, default=100)
+    parser.add_argument("--new-tokens", type=int, default=32)
+    parser.add_argument("--layers", type=int, default=12)
+    parser.add_argument("--hidden", type=int, default=768)
+    parser.add_argument("--vocab", type=int, default=50257, help="rows of the embedding/LM head (GPT-2 small: 50257)")
+
+
+def benchmark_model_and_texts(args: argparse.Namespace):
+    """GPT-2-sized model (random weights), its tokenizer, a prompt and the forced text, from parsed arguments."""
+    tokenizer = build_tokenizer(vocab_size=384)
+    model, tokenizer = build_model(
+        "gpt2",
+        tokenizer=tokenizer,
+        hidden=args.hidden,
+        layers=args.layers,
+        heads=12,
+        max_positions=1024,
+        vocab_size=max(args.vocab, len(tokenizer)),
+    )
+    prompt, full = make_texts(tokenizer, args.prompt_tokens, args.new_tokens)
+    return model, tokenizer, prompt, full
+
+
 def best_time(fn, repeats: int) -> tuple[float, object]:
     best, out = float("inf"), None
     for _ in range(repeats):
@@ -58,25 +83,10 @@ def best_time(fn, repeats: int) -> tuple[float, object]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--prompt-tokens", type=int, default=100)
-    parser.add_argument("--new-tokens", type=int, default=32)
-    parser.add_argument("--layers", type=int, default=12)
-    parser.add_argument("--hidden", type=int, default=768)
-    parser.add_argument("--vocab", type=int, default=50257, help="rows of the embedding/LM head (GPT-2 small: 50257)")
+    add_model_arguments(parser)
     args = parser.parse_args()
     logging.disable(logging.WARNING)
-
-    tokenizer = build_tokenizer(vocab_size=384)
-    model, tokenizer = build_model(
-        "gpt2",
-        tokenizer=tokenizer,
-        hidden=args.hidden,
-        layers=args.layers,
-        heads=12,
-        max_positions=1024,
-        vocab_size=max(args.vocab, len(tokenizer)),
-    )
-    prompt, full = make_texts(tokenizer, args.prompt_tokens, args.new_tokens)
+    model, tokenizer, prompt, full = benchmark_model_and_texts(args)
     attribution_model = inseq.load_model(model, "saliency", tokenizer=tokenizer)
 
     def run(method: str):

@@ -86,15 +86,15 @@ def _model_config(architecture: str, vocab_size: int, ids: dict[str, int], size:
     ffn = size.get("ffn", 4 * hidden)
     max_positions = size.get("max_positions", 512)
     common = {"vocab_size": vocab_size, **ids}
-    rotary_family = {
+    dense = {
         "hidden_size": hidden,
         "intermediate_size": ffn,
         "num_hidden_layers": layers,
         "num_attention_heads": heads,
-        "num_key_value_heads": size.get("kv_heads", max(1, heads // 2)),
         "max_position_embeddings": max_positions,
         **common,
     }
+    rotary_family = {**dense, "num_key_value_heads": size.get("kv_heads", max(1, heads // 2))}
     if architecture == "gpt2":
         return GPT2Config(
             n_embd=hidden, n_layer=layers, n_head=heads, n_inner=ffn, n_positions=max_positions, **common
@@ -108,25 +108,9 @@ def _model_config(architecture: str, vocab_size: int, ids: dict[str, int], size:
     if architecture == "qwen3":
         return Qwen3Config(head_dim=hidden // heads, **rotary_family)
     if architecture == "gpt_neox":
-        return GPTNeoXConfig(
-            hidden_size=hidden,
-            intermediate_size=ffn,
-            num_hidden_layers=layers,
-            num_attention_heads=heads,
-            max_position_embeddings=max_positions,
-            rotary_pct=0.5,
-            **common,
-        )
+        return GPTNeoXConfig(rotary_pct=0.5, **dense)
     if architecture == "phi":
-        return PhiConfig(
-            hidden_size=hidden,
-            intermediate_size=ffn,
-            num_hidden_layers=layers,
-            num_attention_heads=heads,
-            max_position_embeddings=max_positions,
-            partial_rotary_factor=0.5,
-            **common,
-        )
+        return PhiConfig(partial_rotary_factor=0.5, **dense)
     if architecture == "bart":
         return BartConfig(
             d_model=hidden,
