@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from .base import BlockStacks, ModelAdapter, resolve_module_list
+from .base import AttentionSpec, BlockStacks, ModelAdapter, resolve_module, resolve_module_list
 from .families import BUILT_IN_ADAPTERS
 
 _ADAPTERS: dict[str, ModelAdapter] = {}
@@ -26,6 +26,11 @@ def supported_model_types() -> list[str]:
     return sorted(_ADAPTERS)
 
 
+def registered_adapters() -> list[ModelAdapter]:
+    """Every registered adapter, once each."""
+    return list({id(adapter): adapter for adapter in _ADAPTERS.values()}.values())
+
+
 def get_adapter(model: torch.nn.Module) -> ModelAdapter:
     """The adapter for a Hugging Face model, from its ``config.model_type``; a clear error when none is known."""
     model_type = getattr(getattr(model, "config", None), "model_type", None)
@@ -40,10 +45,13 @@ def get_adapter(model: torch.nn.Module) -> ModelAdapter:
 
 
 __all__ = [
+    "AttentionSpec",
     "BlockStacks",
     "ModelAdapter",
     "get_adapter",
     "register_adapter",
+    "registered_adapters",
+    "resolve_module",
     "resolve_module_list",
     "supported_model_types",
 ]

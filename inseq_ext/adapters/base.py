@@ -7,8 +7,12 @@ adapter (see :func:`~inseq_ext.adapters.register_adapter`), not special cases sp
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
+
+#: How a self-attention module produces its queries and keys (see :class:`AttentionSpec`).
+QueryKeyLayout = Literal["separate", "fused_per_head", "fused_stacked"]
 
 
 @dataclass(frozen=True)
@@ -20,6 +24,44 @@ class BlockStacks:
 
 
 @dataclass(frozen=True)
+class AttentionSpec:
+    """Where one family's self-attention computes its queries and keys, and how it turns them into scores.
+
+    Paths are attribute paths relative to the attention module of a block (``module``, itself relative to the
+    block). The queries and keys are read from the outputs of those submodules, i.e. *before* the rotary embedding,
+    which is then re-applied with the ``position_embeddings=(cos, sin)`` the model passes to the attention module.
+
+    Attributes:
+        module: Path of the self-attention module inside a block, e.g. ``"self_attn"``.
+        query, key: Submodules whose outputs are the queries / keys (``(batch, tokens, heads * head_dim)``).
+            For fused projections both name the fused module.
+        layout: ``"separate"`` (own projections), ``"fused_per_head"`` (one projection whose output is
+            ``(batch, tokens, heads, 3 * head_dim)``, split per head into q, k, v: GPT-NeoX) or ``"fused_stacked"``
+            (output ``(batch, tokens, 3 * hidden)``, split into q, k, v blocks: GPT-2).
+        query_norm, key_norm: Normalization submodules applied to queries / keys after the projection (Qwen3
+            ``q_norm``, Phi ``q_layernorm``); when the module has them, their outputs are read instead.
+        norm_heads_first: The norms receive ``(batch, heads, tokens, head_dim)`` (Phi) rather than
+            ``(batch, tokens, heads, head_dim)`` (Qwen3).
+        head_dim_attribute: Attribute of the attention module holding the head size.
+        rotary: Whether the family applies a rotary position embedding to queries and keys (``rotate_half`` style,
+            on the first ``cos.shape[-1]`` channels of each head, so partial rotary needs nothing extra).
+        sliding_window_from_config: Use ``config.sliding_window`` for every layer when the attention module has no
+            ``sliding_window`` attribute of its own (Mistral).
+    """
+
+    module: str
+    query: str
+    key: str
+    layout: QueryKeyLayout = "separate"
+    query_norm: str | None = None
+    key_norm: str | None = None
+    norm_heads_first: bool = False
+    head_dim_attribute: str = "head_dim"
+    rotary: bool = True
+    sliding_window_from_config: bool = False
+
+
+@dataclass(frozen=True)
 class ModelAdapter:
     """Locations of one model family's internals, as attribute paths relative to the Hugging Face model.
 
@@ -28,18 +70,28 @@ class ModelAdapter:
         model_types: ``config.model_type`` values this adapter serves.
         decoder_blocks: Path of the decoder's (or decoder-only model's) block list, e.g. ``"model.layers"``.
         encoder_blocks: Path of the encoder's block list, for encoder-decoder models.
+        attention: Where the decoder blocks' self-attention computes queries and keys (``None``: not described).
     """
 
     family: str
     model_types: tuple[str, ...]
     decoder_blocks: str
     encoder_blocks: str | None = None
+    attention: AttentionSpec | None = None
 
     def block_stacks(self, model: torch.nn.Module) -> BlockStacks:
         return BlockStacks(
             encoder=resolve_module_list(model, self.encoder_blocks) if self.encoder_blocks else None,
             decoder=resolve_module_list(model, self.decoder_blocks),
         )
+
+
+def resolve_module(root: torch.nn.Module, path: str) -> torch.nn.Module | None:
+    """The submodule at attribute path ``path`` of ``root``, or ``None`` where the path does not lead to a module."""
+    module: object = root
+    for part in path.split("."):
+        module = getattr(module, part, None)
+    return module if isinstance(module, torch.nn.Module) else None
 
 
 def resolve_module_list(model: torch.nn.Module, path: str) -> torch.nn.ModuleList:
