@@ -136,6 +136,7 @@ def build_model(
     hidden: int = 32,
     layers: int = 2,
     heads: int = 4,
+    attn_implementation: str | None = None,
     **size: int,
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerFast]:
     """Build a tiny randomly initialised model of a given architecture, in eval mode, with its tokenizer.
@@ -147,6 +148,7 @@ def build_model(
         seed: Seed for the random weights.
         hidden, layers, heads: Model size; further keys (``ffn``, ``kv_heads``, ``max_positions``,
             ``vocab_size``: rows of the embedding matrix, at least the tokenizer's size) refine it.
+        attn_implementation: Attention kernel (``"eager"``, ``"sdpa"``, ...); transformers' default (SDPA) if None.
     """
     if tokenizer is None:
         tokenizer = build_tokenizer(
@@ -176,4 +178,6 @@ def build_model(
     finally:
         torch.random.set_rng_state(generator_state)
     model.generation_config.pad_token_id = tokenizer.pad_token_id
+    if attn_implementation is not None:
+        model.set_attn_implementation(attn_implementation)
     return model.eval(), tokenizer

@@ -5,6 +5,8 @@ from .block_gradient_x_input import BlockGradientXInputAttribution, BlockGradien
 from .custom_saliency import CustomSaliencyAttribution, SaliencyOptions, normalized_saliency
 from .gradient_attribution import StepGradientAttribution
 from .model_state import HookSet, ModelSnapshot, preserved_model_state
+from .query_key_capture import QueryKeyCapture, capture_queries_keys, rebuild_attention
+from .rotary_attention import RotaryAttentionAttribution
 
 __all__ = [
     "BlockGradientXInputAttribution",
@@ -17,4 +19,8 @@ __all__ = [
     "SaliencyOptions",
     "normalized_saliency",
     "preserved_model_state",
+    "QueryKeyCapture",
+    "RotaryAttentionAttribution",
+    "capture_queries_keys",
+    "rebuild_attention",
 ]
