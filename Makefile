@@ -29,6 +29,7 @@ test: $(STAMP)
 bench: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) benchmarks/bench_custom_saliency.py
 	HF_HUB_OFFLINE=1 $(PY) benchmarks/bench_block_gradient_x_input.py
+	HF_HUB_OFFLINE=1 $(PY) benchmarks/bench_rotary_attention.py
 
 clean:
 	rm -rf $(VENV) out .pytest_cache .ruff_cache *.egg-info

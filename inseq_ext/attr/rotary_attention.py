@@ -2,6 +2,7 @@ r"""``rotary_attention``: attention weights rebuilt from queries and keys, for m
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from typing import Any
 
@@ -88,10 +89,13 @@ class RotaryAttentionAttribution(ExtFeatureAttribution):
         model = self.attribution_model.model
         # A HookSet of its own: the capture hooks come off right after the pass, before inseq's loop goes on.
         hooks = HookSet()
+        # Only the attention layers are needed: the language-model head runs on one position (where the model
+        # takes ``logits_to_keep``), not on every position of a long prompt.
+        head_kwargs = {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(model.forward).parameters else {}
         try:
             capture = QueryKeyCapture(model, hooks)
             with torch.no_grad():
-                model(inputs_embeds=input_embeds, attention_mask=attention_mask, use_cache=False)
+                model(inputs_embeds=input_embeds, attention_mask=attention_mask, use_cache=False, **head_kwargs)
         finally:
             hooks.remove_all()
         positions = torch.tensor([step - 1 for step in self.query_steps])

@@ -1,0 +1,144 @@
+"""Benchmark: inseq ``attention`` (eager model) vs ``rotary_attention`` (SDPA model): time and peak memory.
+
+Llama architecture, 8 layers, 512 hidden units, grouped-query attention (8 query heads, 2 key/value heads), a
+32,000-token vocabulary like Llama's, random weights from a config (speed and memory do not depend on the weights).
+Both methods attribute the same 32 forced new tokens after a 100-token and a 2,000-token prompt, in one process,
+after one warm-up call of each method at the first prompt size; the time is the best of 3 alternating runs for short
+prompts (the development machine is shared and noisy) and of one run for the 2,000-token prompt. inseq's
+``attention`` needs ``output_attentions``, so it gets a copy of the model with eager attention; ``rotary_attention``
+runs the model with its default SDPA attention.
+
+Peak memory: a background thread samples the process's resident set size (``/proc/self/statm``) every 2 ms while
+one run is in progress; the figure (the largest over the runs) is the highest sample minus the resident size measured just before the run
+(after ``gc.collect()`` and glibc's ``malloc_trim(0)``, which hands freed heap memory back to the system, so that a
+previous run's freed memory does not hide this one's). Short spikes between two samples can be missed.
+
+The script prints both times and peak memories, their ratios (inseq / ours: above 1 means ours is faster or lighter),
+and the largest difference between the two methods' raw scores. Targets: time ratio >= 1 at 100 tokens; time and
+memory ratios > 1 at 2,000 tokens.
+
+Usage: python benchmarks/bench_rotary_attention.py [--prompt-tokens 100 2000] [--new-tokens 32]
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import gc
+import logging
+import os
+import threading
+import time
+
+import inseq
+import torch
+from bench_custom_saliency import make_texts
+
+import inseq_ext  # noqa: F401  (registers rotary_attention)
+from inseq_ext.tiny_models import build_model, build_tokenizer
+
+PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
+
+
+def resident_bytes() -> int:
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * PAGE_SIZE
+
+
+def release_freed_memory() -> None:
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: the baseline may then include freed memory
+        pass
+
+
+class PeakResidentMemory:
+    """Highest resident set size above the level at entry, sampled by a background thread."""
+
+    def __init__(self, interval_s: float = 0.002) -> None:
+        self.interval_s = interval_s
+        self.baseline = self.peak = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def _sample(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, resident_bytes())
+            time.sleep(self.interval_s)
+
+    def __enter__(self) -> PeakResidentMemory:
+        release_freed_memory()
+        self.baseline = self.peak = resident_bytes()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, resident_bytes())
+
+    @property
+    def above_baseline_mib(self) -> float:
+        return (self.peak - self.baseline) / 2**20
+
+
+def measured_run(attribution_model, prompt: str, full: str, method: str):
+    """(seconds, peak MiB above baseline, raw scores of the one sequence) of one attribution call."""
+    with PeakResidentMemory() as memory:
+        start = time.perf_counter()
+        out = attribution_model.attribute(prompt, full, method=method, show_progress=False)
+        elapsed = time.perf_counter() - start
+    scores = out.sequence_attributions[0].target_attributions
+    del out
+    return elapsed, memory.above_baseline_mib, scores
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--prompt-tokens", type=int, nargs="+", default=[100, 2000])
+    parser.add_argument("--new-tokens", type=int, default=32)
+    parser.add_argument("--vocab", type=int, default=32000)
+    parser.add_argument(
+        "--short-repeats", type=int, default=3, help="runs per method (best time) for prompts <= 500 tokens; else 1"
+    )
+    args = parser.parse_args()
+    logging.disable(logging.WARNING)
+    tokenizer = build_tokenizer(vocab_size=384, add_bos=True)
+    size = {"hidden": 512, "layers": 8, "heads": 8, "kv_heads": 2, "ffn": 1536, "max_positions": 4096}
+    size["vocab_size"] = max(args.vocab, len(tokenizer))
+    sdpa_model, _ = build_model("llama", tokenizer=tokenizer, **size)
+    eager_model, _ = build_model("llama", tokenizer=tokenizer, attn_implementation="eager", **size)
+    ours = inseq.load_model(sdpa_model, "rotary_attention", tokenizer=tokenizer)
+    theirs = inseq.load_model(eager_model, "attention", tokenizer=tokenizer)
+    # Warm-up at the first size: the first call at a new shape pays one-off costs (kernel selection, allocator).
+    warm_prompt, warm_full = make_texts(tokenizer, args.prompt_tokens[0], args.new_tokens)
+    ours.attribute(warm_prompt, warm_full, show_progress=False)
+    theirs.attribute(warm_prompt, warm_full, show_progress=False)
+    print(
+        f"model: Llama, {size['layers']} layers x {size['hidden']} hidden, {size['heads']} query heads / "
+        f"{size['kv_heads']} key-value heads, vocabulary {size['vocab_size']}; {args.new_tokens} forced new tokens; "
+        f"torch threads {torch.get_num_threads()}; best of {args.short_repeats} runs up to 500 prompt tokens, one run above"
+    )
+    for prompt_tokens in args.prompt_tokens:
+        prompt, full = make_texts(tokenizer, prompt_tokens, args.new_tokens)
+        repeats = args.short_repeats if prompt_tokens <= 500 else 1
+        t_ours = t_inseq = float("inf")
+        m_ours = m_inseq = 0.0
+        for _ in range(repeats):  # alternated, so that a busy moment of the machine hits both methods alike
+            elapsed, memory, s_ours = measured_run(ours, prompt, full, "rotary_attention")
+            t_ours, m_ours = min(t_ours, elapsed), max(m_ours, memory)
+            elapsed, memory, s_inseq = measured_run(theirs, prompt, full, "attention")
+            t_inseq, m_inseq = min(t_inseq, elapsed), max(m_inseq, memory)
+        difference = (s_ours - s_inseq).nan_to_num().abs().max().item()
+        print(f"\nprompt {len(tokenizer(prompt).input_ids)} tokens, scores {tuple(s_ours.shape)}:")
+        print(f"  inseq attention (eager):        {t_inseq:8.3f} s  peak +{m_inseq:8.1f} MiB")
+        print(f"  inseq_ext rotary_attention:     {t_ours:8.3f} s  peak +{m_ours:8.1f} MiB")
+        print(
+            f"  ratios inseq / ours: time {t_inseq / t_ours:.2f}x, peak memory {m_inseq / max(m_ours, 1e-9):.2f}x; "
+            f"max abs score difference {difference:.2e}"
+        )
+
+
+if __name__ == "__main__":
+    main()
