@@ -9,9 +9,10 @@ prompts (the development machine is shared and noisy) and of one run for the 2,0
 runs the model with its default SDPA attention.
 
 Peak memory: a background thread samples the process's resident set size (``/proc/self/statm``) every 2 ms while
-one run is in progress; the figure (the largest over the runs) is the highest sample minus the resident size measured just before the run
-(after ``gc.collect()`` and glibc's ``malloc_trim(0)``, which hands freed heap memory back to the system, so that a
-previous run's freed memory does not hide this one's). Short spikes between two samples can be missed.
+one run is in progress; the figure (the largest over the runs) is the highest sample minus the resident size
+measured just before the run (after ``gc.collect()`` and glibc's ``malloc_trim(0)``, which hands freed heap memory
+back to the system, so that a previous run's freed memory does not hide this one's). Short spikes between two
+samples can be missed.
 
 The script prints both times and peak memories, their ratios (inseq / ours: above 1 means ours is faster or lighter),
 and the largest difference between the two methods' raw scores. Targets: time ratio >= 1 at 100 tokens; time and
@@ -118,7 +119,8 @@ def main() -> None:
     print(
         f"model: Llama, {size['layers']} layers x {size['hidden']} hidden, {size['heads']} query heads / "
         f"{size['kv_heads']} key-value heads, vocabulary {size['vocab_size']}; {args.new_tokens} forced new tokens; "
-        f"torch threads {torch.get_num_threads()}; best of {args.short_repeats} runs up to 500 prompt tokens, one run above"
+        f"torch threads {torch.get_num_threads()}; best of {args.short_repeats} runs up to 500 prompt tokens, "
+        "one run above"
     )
     for prompt_tokens in args.prompt_tokens:
         prompt, full = make_texts(tokenizer, prompt_tokens, args.new_tokens)
