@@ -183,6 +183,17 @@ def test_beam_search_inside_capture_is_refused(tiny_models):
     assert sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules()) == 0
 
 
+def test_two_generate_calls_in_one_capture_are_refused(tiny_models):
+    model, tokenizer = tiny_models("qwen2")
+    encoded = left_padded(tokenizer)
+    with pytest.raises(ValueError, match="several generate"), capture_queries_keys(model):
+        model.generate(**encoded, max_new_tokens=2, do_sample=False)
+        model.generate(**encoded, max_new_tokens=2, do_sample=False)
+    with pytest.raises(ValueError, match="batch size changed"), capture_queries_keys(model), torch.no_grad():
+        model(**encoded)
+        model(input_ids=encoded.input_ids[:1])
+
+
 def test_model_unchanged_after_success_and_failure():
     model, tokenizer = build_model("qwen3")
     model.model.layers[0].mlp.train()
