@@ -231,11 +231,13 @@ class QueryKeyCapture:
         if type(layer) not in (DynamicLayer, DynamicSlidingWindowLayer) or getattr(layer, "keys", None) is None:
             return
         cached = layer.keys
-        ours_length = sum(chunk.shape[2] for chunk in record.key_chunks)
-        length_ok = cached.shape[2] == ours_length if type(layer) is DynamicLayer else cached.shape[2] <= ours_length
-        if length_ok:
-            ours = torch.cat(record.key_chunks[-_chunks_covering(record.key_chunks, cached.shape[2]) :], dim=2)
-            ours = ours[:, :, ours.shape[2] - cached.shape[2] :]
+        # One growing tensor, as the cache itself keeps (a concatenation per step, like the cache's own update).
+        ours = self._joined(record.key_chunks)
+        if type(layer) is DynamicLayer:
+            length_ok = cached.shape[2] == ours.shape[2]
+        else:  # sliding-window layers keep only the most recent keys
+            length_ok = cached.shape[2] <= ours.shape[2]
+        ours = ours[:, :, ours.shape[2] - cached.shape[2] :] if length_ok else ours
         if not length_ok or ours.shape != cached.shape or not torch.allclose(ours, cached, rtol=1e-3, atol=1e-3):
             raise ValueError(
                 "The KV cache no longer matches the queries and keys captured step by step: beam search "
@@ -291,30 +293,47 @@ class QueryKeyCapture:
             mask = mask[:, :n_positions]
             if mask.shape[1] != n_positions:
                 raise ValueError(f"attention_mask covers {mask.shape[1]} positions; {n_positions} were captured.")
-        layer_ids = range(len(self.layers)) if layers is None else layers
-        weights = [
-            rebuild_attention(
-                self.queries(idx),
-                self.keys(idx),
-                scaling=self.layers[idx].scaling,
-                query_positions=positions,
-                attention_mask=mask,
-                sliding_window=self.layers[idx].sliding_window,
+        layer_ids = list(range(len(self.layers)) if layers is None else layers)
+        if not layer_ids or not all(0 <= idx < len(self.layers) for idx in layer_ids):
+            raise ValueError(f"layers must be a non-empty list of indices in [0, {len(self.layers)}); got {layers}.")
+        masks: dict[int | None, torch.Tensor] = {}  # one per sliding-window size, shared by the layers
+        weights = None
+        for slot, idx in enumerate(layer_ids):
+            record = self.layers[idx]
+            queries, keys = self.queries(idx), self.keys(idx)
+            if record.sliding_window not in masks:
+                masks[record.sliding_window] = visible_keys(
+                    positions.to(queries.device), n_positions, mask, record.sliding_window
+                )
+            layer_weights = rebuild_attention(
+                queries, keys, record.scaling, positions, visible=masks[record.sliding_window]
             )
-            for idx in layer_ids
-        ]
-        return torch.stack(weights, dim=1)
+            if weights is None:  # filled layer by layer: no list of per-layer tensors to stack (and copy)
+                weights = layer_weights.new_empty((layer_weights.shape[0], len(layer_ids), *layer_weights.shape[1:]))
+            weights[:, slot] = layer_weights
+        return weights
 
 
-def _chunks_covering(chunks: list[torch.Tensor], length: int) -> int:
-    """How many trailing chunks are needed to cover the last ``length`` positions."""
-    covered, count = 0, 0
-    for chunk in reversed(chunks):
-        if covered >= length:
-            break
-        covered += chunk.shape[2]
-        count += 1
-    return max(count, 1)
+def visible_keys(
+    query_positions: torch.Tensor,
+    n_keys: int,
+    attention_mask: torch.Tensor | None = None,
+    sliding_window: int | None = None,
+) -> torch.Tensor:
+    """Which keys each query row may attend to: ``(batch or 1, 1, queries, keys)`` booleans.
+
+    Causal (keys up to the query's position), not padding (``attention_mask`` is ``(batch, keys)``, 0 on padding)
+    and, with ``sliding_window``, less than ``sliding_window`` positions back (transformers' sliding-window rule).
+    """
+    key_positions = torch.arange(n_keys, device=query_positions.device)
+    rows = query_positions.reshape(-1, 1)
+    visible = key_positions <= rows
+    if sliding_window is not None:
+        visible = visible & (rows - key_positions < sliding_window)
+    visible = visible.unsqueeze(0)
+    if attention_mask is not None:
+        visible = visible & attention_mask.to(visible.device).bool().unsqueeze(1)
+    return visible.unsqueeze(1)
 
 
 def rebuild_attention(
@@ -324,6 +343,7 @@ def rebuild_attention(
     query_positions: torch.Tensor,
     attention_mask: torch.Tensor | None = None,
     sliding_window: int | None = None,
+    visible: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """``softmax(q k^T * scaling + mask)`` for the rows ``query_positions``, in float32.
 
@@ -335,6 +355,8 @@ def rebuild_attention(
         query_positions: ``(queries,)`` indices of the rows to compute.
         attention_mask: ``(batch, positions)``, 0 on padding; ``None``: no padding.
         sliding_window: Keys at ``query - key >= sliding_window`` are masked (transformers' sliding-window rule).
+        visible: The mask from :func:`visible_keys`, when already computed (it replaces the two previous
+            arguments).
 
     Returns:
         ``(batch, heads, queries, positions)``; rows with no visible key (padding queries) are all zero.
@@ -343,22 +365,16 @@ def rebuild_attention(
     kv_heads, n_keys = keys.shape[1], keys.shape[2]
     if heads % kv_heads:
         raise ValueError(f"{heads} query heads cannot share {kv_heads} key heads evenly.")
-    group = heads // kv_heads
-    selected = queries[:, :, query_positions].float().reshape(batch, kv_heads, group, -1, head_dim)
-    scores = torch.matmul(selected, keys.float().unsqueeze(2).transpose(-1, -2)) * scaling
-    scores = scores.reshape(batch, heads, -1, n_keys)
-    key_positions = torch.arange(n_keys, device=scores.device)
-    rows = query_positions.to(scores.device).reshape(-1, 1)
-    visible = key_positions <= rows  # causal
-    if sliding_window is not None:
-        visible = visible & (rows - key_positions < sliding_window)
-    visible = visible.unsqueeze(0)
-    if attention_mask is not None:
-        visible = visible & attention_mask.to(scores.device).bool().unsqueeze(1)
-    visible = visible.unsqueeze(1)  # (batch or 1, 1, queries, keys)
-    scores = scores.masked_fill(~visible, float("-inf"))
+    n_queries = len(query_positions)
+    # Query heads kv * group ... kv * group + group - 1 share key head kv: fold them into the row axis, so that
+    # one matmul per key head serves its whole group without copying the keys.
+    selected = queries[:, :, query_positions].float().reshape(batch, kv_heads, -1, head_dim)
+    scores = torch.matmul(selected, keys.float().transpose(-1, -2)).reshape(batch, heads, n_queries, n_keys)
+    if visible is None:
+        visible = visible_keys(query_positions.to(scores.device), n_keys, attention_mask, sliding_window)
+    scores = scores.mul_(scaling).masked_fill_(~visible, float("-inf"))
     weights = torch.softmax(scores, dim=-1)
-    return torch.where(visible.any(-1, keepdim=True), weights, torch.zeros_like(weights))
+    return weights.masked_fill_(~visible.any(-1, keepdim=True), 0.0)
 
 
 @contextmanager
