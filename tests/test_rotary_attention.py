@@ -65,6 +65,39 @@ def test_inseq_output_equals_inseq_attention_on_eager_model(architecture, tiny_m
     assert torch.allclose(out.aggregate()[0].target_attributions, mean_group, equal_nan=True)
 
 
+def test_attributed_step_range_and_uneven_generations(tiny_models, eager_models):
+    """attr_pos_end and forced generations of different lengths: inseq's numbers, per sequence."""
+    sdpa_model, tokenizer = tiny_models("qwen2")
+    eager_model, _ = eager_models("qwen2")
+    ours = inseq.load_model(sdpa_model, "rotary_attention", tokenizer=tokenizer)
+    reference = inseq.load_model(eager_model, "attention", tokenizer=tokenizer)
+    full = ours.attribute(PROMPTS, generation_args=GREEDY, show_progress=False)
+    generated = full.info["generated_texts"]
+    # Every generated token but the last two (inseq attributes such calls one sequence at a time).
+    part = ours.attribute(PROMPTS, generated, attr_pos_end=-2, show_progress=False)
+    expected = reference.attribute(PROMPTS, generated, attr_pos_end=-2, show_progress=False)
+    for seq_ours, seq_ref, seq_full in zip(
+        part.sequence_attributions, expected.sequence_attributions, full.sequence_attributions, strict=True
+    ):
+        assert seq_ours.target_attributions.shape[1] == GREEDY["max_new_tokens"] - 2
+        assert (seq_ours.target_attributions - seq_ref.target_attributions).nan_to_num().abs().max() < TOLERANCE
+        # The same steps as the first columns of the full run (prefix rows beyond them are NaN there).
+        n_prefix, n_steps = seq_ours.target_attributions.shape[:2]
+        assert torch.allclose(
+            seq_ours.target_attributions, seq_full.target_attributions[:n_prefix, :n_steps], atol=1e-6, equal_nan=True
+        )
+    # One sequence ends two tokens early: each sequence gets exactly what it gets alone.
+    uneven = [generated[0], generated[1].rsplit(" ", 2)[0]]
+    both = ours.attribute(PROMPTS, uneven, show_progress=False)
+    for idx in range(2):
+        alone = ours.attribute(PROMPTS[idx], uneven[idx], show_progress=False)
+        torch.testing.assert_close(
+            both.sequence_attributions[idx].target_attributions,
+            alone.sequence_attributions[0].target_attributions,
+            equal_nan=True,
+        )
+
+
 @pytest.mark.parametrize("architecture", [*ROTARY_FAMILIES, "gpt2"])
 def test_capture_during_cached_generation_matches_eager_attentions(architecture, tiny_models, eager_models):
     sdpa_model, tokenizer = tiny_models(architecture)
