@@ -168,6 +168,22 @@ def test_head_sharing_and_sliding_window(architecture, size, config_changes):
         assert rebuilt[..., far].abs().max() == 0
 
 
+def test_bfloat16_model():
+    """Scores are rebuilt in float32 from the model's bfloat16 queries and keys; eager bfloat16 is near them."""
+    sdpa_model, tokenizer = build_model("qwen3")
+    eager_model, _ = build_model("qwen3", attn_implementation="eager")
+    sdpa_model, eager_model = sdpa_model.to(torch.bfloat16), eager_model.to(torch.bfloat16)
+    out = inseq.load_model(sdpa_model, "rotary_attention", tokenizer=tokenizer).attribute(
+        PROMPTS, generation_args=GREEDY, show_progress=False
+    )
+    ref = inseq.load_model(eager_model, "attention", tokenizer=tokenizer).attribute(
+        PROMPTS, out.info["generated_texts"], show_progress=False
+    )
+    for seq_ours, seq_ref in zip(out.sequence_attributions, ref.sequence_attributions, strict=True):
+        difference = (seq_ours.target_attributions.float() - seq_ref.target_attributions.float()).nan_to_num()
+        assert difference.abs().max() < 2e-2  # bfloat16 has ~3 significant digits
+
+
 def test_rebuild_attention_formula():
     """softmax(q k^T * s + mask) on hand-made tensors, with a key head shared by two query heads."""
     generator = torch.Generator().manual_seed(0)
