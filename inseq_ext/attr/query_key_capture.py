@@ -84,8 +84,10 @@ class _LayerRecord:
     attention: torch.nn.Module
     scaling: float
     sliding_window: int | None
-    query_chunks: list[torch.Tensor]
+    query_chunks: list[torch.Tensor]  # not rotated yet: only the rows asked for are rotated (see rotary_chunks)
     key_chunks: list[torch.Tensor]
+    cos_chunks: list[torch.Tensor]
+    sin_chunks: list[torch.Tensor]
     pending_query: torch.Tensor | None = None
     pending_key: torch.Tensor | None = None
     pending_rotary: tuple[torch.Tensor, torch.Tensor] | None = None
@@ -120,7 +122,7 @@ class QueryKeyCapture:
             window = getattr(attention, "sliding_window", None)
             if not hasattr(attention, "sliding_window") and self.spec.sliding_window_from_config:
                 window = getattr(config, "sliding_window", None)
-            record = _LayerRecord(attention, float(attention.scaling), window, [], [])
+            record = _LayerRecord(attention, float(attention.scaling), window, [], [], [], [])
             self.layers.append(record)
             self._register(hooks, record)
         hooks.forward_pre_hook(model, self._record_mask, with_kwargs=True)
@@ -203,7 +205,11 @@ class QueryKeyCapture:
                         "version passes the rotary embedding differently and the family's adapter needs updating."
                     )
                 cos, sin = rotary
-                query, key = apply_rotary(query, cos, sin), apply_rotary(key, cos, sin)
+                # Keys are rotated now (all of them are needed, and they are compared with the KV cache); queries
+                # later, and only at the positions whose attention is asked for.
+                key = apply_rotary(key, cos, sin)
+                record.cos_chunks.append(cos.detach())
+                record.sin_chunks.append(sin.detach())
             if record.key_chunks and record.key_chunks[0].shape[0] != key.shape[0]:
                 raise ValueError(
                     f"The batch size changed from {record.key_chunks[0].shape[0]} to {key.shape[0]} during one"
@@ -252,20 +258,30 @@ class QueryKeyCapture:
         """Number of positions captured so far."""
         return sum(chunk.shape[2] for chunk in self.layers[0].key_chunks) if self.layers else 0
 
-    def queries(self, layer: int) -> torch.Tensor:
-        """Rotated queries of ``layer``: ``(batch, heads, positions, head_dim)``."""
-        return self._joined(self.layers[layer].query_chunks)
+    def queries(self, layer: int, positions: torch.Tensor | None = None) -> torch.Tensor:
+        """Rotated queries of ``layer``: ``(batch, heads, positions, head_dim)``, all or at ``positions`` only."""
+        record = self.layers[layer]
+        queries = self._joined(record.query_chunks)
+        if positions is not None:
+            queries = queries[:, :, positions]
+        if not self.spec.rotary:
+            return queries
+        cos, sin = self._joined(record.cos_chunks, dim=1), self._joined(record.sin_chunks, dim=1)
+        if positions is not None:
+            cos, sin = cos[:, positions], sin[:, positions]
+        return apply_rotary(queries, cos, sin)
 
     def keys(self, layer: int) -> torch.Tensor:
         """Rotated keys of ``layer`` (as in the KV cache): ``(batch, key_value_heads, positions, head_dim)``."""
         return self._joined(self.layers[layer].key_chunks)
 
     @staticmethod
-    def _joined(chunks: list[torch.Tensor]) -> torch.Tensor:
+    def _joined(chunks: list[torch.Tensor], dim: int = 2) -> torch.Tensor:
+        """The chunks concatenated along the sequence axis ``dim`` (kept, so that later calls do not redo it)."""
         if not chunks:
             raise RuntimeError("Nothing captured yet: run the model (forward or generate) inside the capture block.")
-        if len(chunks) > 1:  # keep one tensor, so that later calls do not concatenate again
-            chunks[:] = [torch.cat(chunks, dim=2)]
+        if len(chunks) > 1:
+            chunks[:] = [torch.cat(chunks, dim=dim)]
         return chunks[0]
 
     def attention(
@@ -300,14 +316,12 @@ class QueryKeyCapture:
         weights = None
         for slot, idx in enumerate(layer_ids):
             record = self.layers[idx]
-            queries, keys = self.queries(idx), self.keys(idx)
+            queries, keys = self.queries(idx, positions), self.keys(idx)
             if record.sliding_window not in masks:
                 masks[record.sliding_window] = visible_keys(
                     positions.to(queries.device), n_positions, mask, record.sliding_window
                 )
-            layer_weights = rebuild_attention(
-                queries, keys, record.scaling, positions, visible=masks[record.sliding_window]
-            )
+            layer_weights = attention_rows(queries, keys, record.scaling, masks[record.sliding_window])
             if weights is None:  # filled layer by layer: no list of per-layer tensors to stack (and copy)
                 weights = layer_weights.new_empty((layer_weights.shape[0], len(layer_ids), *layer_weights.shape[1:]))
             weights[:, slot] = layer_weights
@@ -343,7 +357,6 @@ def rebuild_attention(
     query_positions: torch.Tensor,
     attention_mask: torch.Tensor | None = None,
     sliding_window: int | None = None,
-    visible: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """``softmax(q k^T * scaling + mask)`` for the rows ``query_positions``, in float32.
 
@@ -355,23 +368,28 @@ def rebuild_attention(
         query_positions: ``(queries,)`` indices of the rows to compute.
         attention_mask: ``(batch, positions)``, 0 on padding; ``None``: no padding.
         sliding_window: Keys at ``query - key >= sliding_window`` are masked (transformers' sliding-window rule).
-        visible: The mask from :func:`visible_keys`, when already computed (it replaces the two previous
-            arguments).
 
     Returns:
         ``(batch, heads, queries, positions)``; rows with no visible key (padding queries) are all zero.
     """
-    batch, heads, _, head_dim = queries.shape
+    visible = visible_keys(query_positions.to(queries.device), keys.shape[2], attention_mask, sliding_window)
+    return attention_rows(queries[:, :, query_positions], keys, scaling, visible)
+
+
+def attention_rows(queries: torch.Tensor, keys: torch.Tensor, scaling: float, visible: torch.Tensor) -> torch.Tensor:
+    """``softmax(q k^T * scaling)`` over the ``visible`` keys (:func:`visible_keys`) for the given query rows.
+
+    ``queries`` are ``(batch, heads, rows, head_dim)``, ``keys`` ``(batch, key_value_heads, positions, head_dim)``.
+    Returns float32 ``(batch, heads, rows, positions)``; rows with no visible key are all zero.
+    """
+    batch, heads, n_rows, head_dim = queries.shape
     kv_heads, n_keys = keys.shape[1], keys.shape[2]
     if heads % kv_heads:
         raise ValueError(f"{heads} query heads cannot share {kv_heads} key heads evenly.")
-    n_queries = len(query_positions)
     # Query heads kv * group ... kv * group + group - 1 share key head kv: fold them into the row axis, so that
     # one matmul per key head serves its whole group without copying the keys.
-    selected = queries[:, :, query_positions].float().reshape(batch, kv_heads, -1, head_dim)
-    scores = torch.matmul(selected, keys.float().transpose(-1, -2)).reshape(batch, heads, n_queries, n_keys)
-    if visible is None:
-        visible = visible_keys(query_positions.to(scores.device), n_keys, attention_mask, sliding_window)
+    grouped = queries.float().reshape(batch, kv_heads, -1, head_dim)
+    scores = torch.matmul(grouped, keys.float().transpose(-1, -2)).reshape(batch, heads, n_rows, n_keys)
     scores = scores.mul_(scaling).masked_fill_(~visible, float("-inf"))
     weights = torch.softmax(scores, dim=-1)
     return weights.masked_fill_(~visible.any(-1, keepdim=True), 0.0)
