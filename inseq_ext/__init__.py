@@ -1,10 +1,16 @@
 """inseq_ext: extra feature-attribution methods for generative language models, registered in inseq.
 
 ``import inseq_ext`` adds the package's methods to inseq's registry, so that ``inseq.load_model(model,
-"custom_saliency")`` and ``model.attribute(..., method="custom_saliency")`` work in any inseq workflow.
+"custom_saliency")`` and ``model.attribute(..., method="custom_saliency")`` work in any inseq workflow. It also
+registers the NaN-aware ``"nansum"``/``"nanmean"`` aggregation functions used for word/sentence granularity.
 """
 
 from .attr import BlockGradientXInputAttribution, CustomSaliencyAttribution, SaliencyOptions, normalized_saliency
+from .chat import attribute_chat
+from .explorer import write_explorer
+from .granularity import aggregate_granularity
+from .lookup import score_of
+from .span import span_attribution
 from .step_functions import register_step_functions
 
 register_step_functions()
@@ -15,6 +21,11 @@ __all__ = [
     "BlockGradientXInputAttribution",
     "CustomSaliencyAttribution",
     "SaliencyOptions",
+    "aggregate_granularity",
+    "attribute_chat",
     "normalized_saliency",
+    "score_of",
+    "span_attribution",
+    "write_explorer",
     "__version__",
 ]
