@@ -44,7 +44,7 @@ def score_color(value: float | None, scale: float) -> str:
         return "transparent"
     red, green, blue = POSITIVE_RGB if value >= 0 else NEGATIVE_RGB
     alpha = round(min(1.0, abs(value) / scale), 3)
-    return f"rgba({red}, {green}, {blue}, {alpha})"
+    return f"rgba({red}, {green}, {blue}, {alpha:g})"
 
 
 def _number(value: float) -> float | None:
