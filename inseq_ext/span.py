@@ -1,12 +1,16 @@
 """Span targets: the combined attribution map of several consecutive generated tokens (or words, sentences...).
 
-For a span ``T`` of generated units and an attributed unit ``i`` (Ding & Koehn, 2021, discuss such phrase-level
-readings of token saliency):
+inseq attributes generation step by step: column ``t`` of an output is the map ``A[:, t]`` of the step that produced
+generated token ``t`` (Sarti et al., 2023). For a span ``T`` of generated units and an attributed unit ``i``:
 
     sum   (default)  S[i] = sum_{t in T} A[i, t]      total influence of i on producing the whole span
     mean             S[i] = S_sum[i] / |T_i|          average over the steps where i was attributed
     max              S[i] = max_{t in T} A[i, t]      strongest single-step influence
     absmax           the signed A[i, t] of largest magnitude over t in T
+
+The sum keeps additive methods additive: for gradient x input, whose map of a step approximately decomposes that
+step's output (Shrikumar et al., 2016; Ancona et al., 2018), the summed map decomposes the sum of the span's step
+outputs (e.g. the span's log-probability with ``attributed_fn="logprob"``).
 
 NaN entries (a unit not yet visible at a step, e.g. later generated text) are skipped; a unit is NaN only when it
 is NaN at every step of the span. Alternatives not offered here but easy with the returned maps: attribute the span

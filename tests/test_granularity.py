@@ -259,3 +259,21 @@ def test_layer_and_head_selection(attribution_models, tiny_models):
     layer_word = score_of(out, "America", "Washington", granularity="word", select={"layer": 1, "head": 2})
     rows, columns = _target_word_blocks(seq, "America", "Washington")
     assert layer_word == pytest.approx(_independent_block_sum(raw[..., 1, 2], rows, columns), rel=1e-5)
+
+
+def test_multibyte_text_round_trips_with_and_without_the_tokenizer(tiny_models):
+    from inseq.utils.typing import TokenWithId
+
+    _, tokenizer = tiny_models("gpt2")
+    text = "Un caf\u00e9 \u2615, s'il vous pla\u00eet.\n\nFin."
+    ids = tokenizer(text).input_ids
+    tokens = [TokenWithId(token, idx) for token, idx in zip(tokenizer.convert_ids_to_tokens(ids), ids, strict=True)]
+    assert len(tokens) > len(text.split())  # the accented letters and the emoji are split into byte tokens
+    from_strings = token_texts(tokens)
+    assert from_strings == token_texts(tokens, tokenizer)
+    assert "".join(from_strings) == text
+    words = ["".join(from_strings[a:b]).strip() for a, b in group_tokens(from_strings, "word")]
+    # A run of symbols and punctuation ("☕,") is one unit, like "...".
+    assert words == ["Un", "caf\u00e9", "\u2615,", "s'il", "vous", "pla\u00eet", ".", "Fin", "."]
+    paragraphs = ["".join(from_strings[a:b]).strip() for a, b in group_tokens(from_strings, "paragraph")]
+    assert paragraphs == ["Un caf\u00e9 \u2615, s'il vous pla\u00eet.", "Fin."]
