@@ -198,6 +198,17 @@ def test_second_prompt_and_fixed_color_scale(page, outputs):
     page.click('.unit.generated[data-generated="2"]')
     _assert_map(page, span_attribution(outputs["saliency"], 2, sequence=1), fixed_scale=0.05)
     assert "gentlemen" in page.text_content("#generation")
+    # "whole sequence": the largest |score| over every single-unit map, so maps can be compared by eye.
+    page.select_option("#scale-select", "global")
+    generated = outputs["saliency"].sequence_attributions[1]
+    largest = max(
+        abs(value)
+        for step in range(generated.attr_pos_end - generated.attr_pos_start)
+        for value in span_attribution(outputs["saliency"], step, sequence=1).target_scores.tolist()
+        if not math.isnan(value)
+    )
+    assert float(page.text_content("#scale-label")) == pytest.approx(largest, rel=1e-5)
+    _assert_map(page, span_attribution(outputs["saliency"], 2, sequence=1), fixed_scale=largest)
 
 
 def test_layer_and_head_controls(page, outputs):
