@@ -7,6 +7,7 @@ import math
 import re
 
 import pytest
+import torch
 
 from inseq_ext.explorer import explorer_payload, score_color, write_explorer
 from inseq_ext.granularity import sequence_groups, to_2d
@@ -79,3 +80,18 @@ def test_bad_input_and_colors(attention_output):
     assert score_color(0.5, 1.0) == "rgba(214, 39, 40, 0.5)"
     assert score_color(-2.0, 1.0) == "rgba(31, 119, 180, 1)"
     assert score_color(float("nan"), 1.0) == "transparent"
+
+
+@pytest.mark.parametrize(
+    ("method", "kwargs"),
+    [("input_x_gradient", {}), ("integrated_gradients", {"n_steps": 4}), ("custom_saliency", {})],
+)
+def test_inseq_builtins_and_package_methods(attribution_models, method, kwargs):
+    out = attribution_models("gpt2").attribute(PROMPT, FORCED, method=method, show_progress=False, **kwargs)
+    seq = out.sequence_attributions[0]
+    (entry,) = explorer_payload(out)["sequences"]
+    assert entry["method"] == method and entry["dims"] == []  # no layer/head axis for these methods
+    default = seq.aggregate().target_attributions
+    shown = torch.tensor([[math.nan if v is None else v for v in row] for row in entry["views"][""]])
+    assert torch.allclose(shown.nan_to_num(), default.nan_to_num(), rtol=1e-6, atol=1e-9)
+    assert torch.equal(shown.isnan(), default.isnan())
