@@ -2,7 +2,8 @@
 
 ``import inseq_ext`` adds the package's methods to inseq's registry, so that ``inseq.load_model(model,
 "custom_saliency")`` (or ``"rotary_attention"``, ...) and ``model.attribute(..., method="custom_saliency")`` work
-in any inseq workflow.
+in any inseq workflow. It also registers the NaN-aware ``"nansum"``/``"nanmean"`` aggregation functions used for
+word/sentence granularity.
 """
 
 from .attr import (
@@ -13,6 +14,11 @@ from .attr import (
     capture_queries_keys,
     normalized_saliency,
 )
+from .chat import attribute_chat
+from .explorer import write_explorer
+from .granularity import aggregate_granularity
+from .lookup import score_of
+from .span import span_attribution
 from .step_functions import register_step_functions
 
 register_step_functions()
@@ -24,7 +30,12 @@ __all__ = [
     "CustomSaliencyAttribution",
     "RotaryAttentionAttribution",
     "SaliencyOptions",
+    "aggregate_granularity",
+    "attribute_chat",
     "capture_queries_keys",
     "normalized_saliency",
+    "score_of",
+    "span_attribution",
+    "write_explorer",
     "__version__",
 ]

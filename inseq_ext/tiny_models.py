@@ -81,6 +81,31 @@ def build_tokenizer(vocab_size: int = 384, add_bos: bool = False, add_eos: bool 
     )
 
 
+def build_sentencepiece_tokenizer(vocab_size: int = 384, add_bos: bool = True) -> PreTrainedTokenizerFast:
+    """Train a SentencePiece-style BPE tokenizer (``▁`` marks spaces, Llama-like) on the built-in corpus.
+
+    Pre-tokenization and decoding use the Metaspace scheme of SentencePiece (Kudo & Richardson, 2018): spaces
+    become ``▁`` and one is prepended to the first word only; decoding turns them back and drops that first one.
+    Pair it with any model via ``build_model(architecture, tokenizer=build_sentencepiece_tokenizer())``.
+
+    Args:
+        vocab_size: Target vocabulary size, special tokens included.
+        add_bos: Prepend ``<s>`` to every encoded text (Llama-style).
+    """
+    tokenizer = Tokenizer(models.BPE(unk_token=UNK))
+    tokenizer.pre_tokenizer = pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="first")
+    tokenizer.decoder = decoders.Metaspace(replacement="\u2581", prepend_scheme="first")
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[PAD, BOS, EOS, UNK], show_progress=False)
+    tokenizer.train_from_iterator(_CORPUS * 4, trainer)
+    if add_bos:
+        tokenizer.post_processor = processors.TemplateProcessing(
+            single=f"{BOS} $A", pair=f"{BOS} $A $B", special_tokens=[(BOS, tokenizer.token_to_id(BOS))]
+        )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer, pad_token=PAD, bos_token=BOS, eos_token=EOS, unk_token=UNK
+    )
+
+
 def _model_config(architecture: str, vocab_size: int, ids: dict[str, int], size: dict[str, int]):
     hidden, layers, heads = size["hidden"], size["layers"], size["heads"]
     ffn = size.get("ffn", 4 * hidden)

@@ -1,0 +1,97 @@
+"""The explorer's embedded data and file writing, without a browser."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+
+import pytest
+import torch
+
+from inseq_ext.explorer import explorer_payload, score_color, write_explorer
+from inseq_ext.granularity import sequence_groups, to_2d
+
+PROMPT = "The first president of America is"
+FORCED = "The first president of America is George Washington."
+
+
+@pytest.fixture(scope="module")
+def attention_output(attribution_models, tiny_models):
+    hf_model, _ = tiny_models("gpt2")
+    hf_model.set_attn_implementation("eager")
+    try:
+        return attribution_models("gpt2").attribute(PROMPT, FORCED, method="attention", show_progress=False)
+    finally:
+        hf_model.set_attn_implementation("sdpa")
+
+
+def test_payload_units_and_views(attention_output):
+    seq = attention_output.sequence_attributions[0]
+    payload = explorer_payload(attention_output)
+    (entry,) = payload["sequences"]
+    assert [dim["name"] for dim in entry["dims"]] == ["layer", "head"]
+    assert len(entry["views"]) == 3 * 5  # (all + 2 layers) x (all + 4 heads)
+    default = to_2d(seq).target_attributions
+    for row in range(default.shape[0]):
+        for column in range(default.shape[1]):
+            value, shown = default[row, column].item(), entry["views"]["*|*"][row][column]
+            assert (shown is None) if math.isnan(value) else shown == pytest.approx(value, rel=1e-6)
+    _, target_groups, _, texts = sequence_groups(seq, "word")
+    units = entry["units"]["word"]
+    assert [unit["rows"] for unit in units] == [list(group) for group in target_groups]
+    assert "".join(unit["text"] for unit in units) == "".join(texts)
+    generated = [unit for unit in units if "columns" in unit]
+    assert [unit["generated"] for unit in generated] == list(range(len(generated)))
+    assert generated[0]["columns"][0] == 0 and generated[-1]["columns"][1] == entry["columns"]
+
+
+def test_small_budget_embeds_one_axis_at_a_time(attention_output):
+    rows = len(attention_output.sequence_attributions[0].target)
+    columns = (
+        attention_output.sequence_attributions[0].attr_pos_end
+        - attention_output.sequence_attributions[0].attr_pos_start
+    )
+    (entry,) = explorer_payload(attention_output, max_cells=rows * columns * 7)["sequences"]
+    assert sorted(entry["views"]) == sorted(["*|*", "0|*", "1|*", "*|0", "*|1", "*|2", "*|3"])
+    (entry,) = explorer_payload(attention_output, max_cells=rows * columns)["sequences"]
+    assert list(entry["views"]) == ["*|*"]
+
+
+def test_written_file_is_whole_and_self_contained(attention_output, tmp_path):
+    path = write_explorer(attention_output, tmp_path / "nested" / "explorer.html", title="T</title><b>")
+    html = path.read_text(encoding="utf-8")
+    assert [p.name for p in path.parent.iterdir()] == ["explorer.html"]
+    assert "<title>T&lt;/title&gt;&lt;b&gt;</title>" in html
+    assert not re.search(r"<(script|link|img)[^>]+(src|href)=", html)
+    data = re.search(r'<script type="application/json" id="explorer-data">(.*?)</script>', html, re.S).group(1)
+    assert json.loads(data)["sequences"][0]["method"] == "attention"
+    # A failed write leaves the previous file untouched.
+    with pytest.raises(ValueError, match="titles has 2 entries but there are 1 sequences"):
+        write_explorer(attention_output, path, titles=["a", "b"])
+    assert path.read_text(encoding="utf-8") == html
+
+
+def test_bad_input_and_colors(attention_output):
+    with pytest.raises(ValueError, match="Unknown granularity 'chapter'"):
+        explorer_payload(attention_output, granularities=["token", "chapter"])
+    with pytest.raises(ValueError, match="takes inseq attribution outputs.*got str"):
+        explorer_payload("not an output")
+    assert score_color(0.5, 1.0) == "rgba(214, 39, 40, 0.5)"
+    assert score_color(-2.0, 1.0) == "rgba(31, 119, 180, 1)"
+    assert score_color(float("nan"), 1.0) == "transparent"
+
+
+@pytest.mark.parametrize(
+    ("method", "kwargs"),
+    [("input_x_gradient", {}), ("integrated_gradients", {"n_steps": 4}), ("custom_saliency", {})],
+)
+def test_inseq_builtins_and_package_methods(attribution_models, method, kwargs):
+    out = attribution_models("gpt2").attribute(PROMPT, FORCED, method=method, show_progress=False, **kwargs)
+    seq = out.sequence_attributions[0]
+    (entry,) = explorer_payload(out)["sequences"]
+    assert entry["method"] == method and entry["dims"] == []  # no layer/head axis for these methods
+    default = seq.aggregate().target_attributions
+    shown = torch.tensor([[math.nan if v is None else v for v in row] for row in entry["views"][""]])
+    assert torch.allclose(shown.nan_to_num(), default.nan_to_num(), rtol=1e-6, atol=1e-9)
+    assert torch.equal(shown.isnan(), default.isnan())
