@@ -176,14 +176,13 @@ def average_ranks(values: Sequence[float]) -> list[float]:
 def spearman_rho(x: Sequence[float], y: Sequence[float]) -> float:
     r"""Spearman's rank correlation (Spearman, 1904, *The proof and measurement of association between two things*).
 
-    The Pearson correlation of the average ranks :math:`R(x)`, :math:`R(y)` (ties share their mean rank):
+    The Pearson correlation of the average ranks `R(x)`, `R(y)` (ties share their mean rank):
 
-    .. math::
+        rho = sum_i (R(x_i) - mean R_x) (R(y_i) - mean R_y)
+              / sqrt( sum_i (R(x_i) - mean R_x)^2  *  sum_i (R(y_i) - mean R_y)^2 )
 
-        \rho = \frac{\sum_i (R(x_i) - \bar R_x)(R(y_i) - \bar R_y)}
-                    {\sqrt{\sum_i (R(x_i) - \bar R_x)^2 \sum_i (R(y_i) - \bar R_y)^2}}
-
-    Without ties this equals :math:`1 - 6 \sum_i d_i^2 / (n (n^2 - 1))`. NaN when either side is constant.
+    Without ties this equals `1 - 6 sum_i d_i^2 / (n (n^2 - 1))` with `d_i = R(x_i) - R(y_i)`. NaN when either
+    side is constant.
     """
     _check_paired(x, y)
     rank_x, rank_y = average_ranks(x), average_ranks(y)
@@ -197,14 +196,12 @@ def kendall_tau_b(x: Sequence[float], y: Sequence[float]) -> float:
     r"""Kendall's rank correlation, tau-b (Kendall, 1938, *A new measure of rank correlation*, Biometrika 30;
     tie correction from Kendall, 1945, *The treatment of ties in ranking problems*, Biometrika 33).
 
-    Over the :math:`n_0 = n(n-1)/2` pairs :math:`i < j`, with :math:`C` concordant pairs (both orders agree),
-    :math:`D` discordant ones, :math:`n_1` pairs tied in :math:`x` and :math:`n_2` pairs tied in :math:`y`:
+    Over the `n_0 = n(n-1)/2` pairs `i < j`, with `C` concordant pairs (both orders agree),
+    `D` discordant ones, `n_1` pairs tied in `x` and `n_2` pairs tied in `y`:
 
-    .. math::
+        tau_b = (C - D) / sqrt((n_0 - n_1) (n_0 - n_2))
 
-        \tau_b = \frac{C - D}{\sqrt{(n_0 - n_1)(n_0 - n_2)}}
-
-    Without ties it is Kendall's original :math:`\tau = (C - D) / n_0`. NaN when either side is constant.
+    Without ties it is Kendall's original `tau = (C - D) / n_0`. NaN when either side is constant.
     """
     _check_paired(x, y)
     concordant = discordant = tied_x = tied_y = 0
@@ -287,7 +284,7 @@ def compare_with_attribution(
 
     The explanation is aligned with the attribution's words by :func:`align_explanation`; then, over the compared
     words, it reports Spearman's rho (:func:`spearman_rho`), Kendall's tau-b (:func:`kendall_tau_b`), the top-k
-    overlap :math:`|T_k(e) \\cap T_k(a)| / k` of the two sets of ``k`` highest-magnitude words, and sign agreement
+    overlap `|T_k(e) & T_k(a)| / k` of the two sets of ``k`` highest-magnitude words, and sign agreement
     when both sides are signed.
 
     Args:
