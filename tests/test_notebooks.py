@@ -81,3 +81,28 @@ def test_notebook_runs_offline(kernel_env, tmp_path, path):
     errors = [output for cell in code_cells for output in cell.outputs if output.output_type == "error"]
     assert not errors, errors
     print(f"{path.name}: {elapsed:.1f} s")
+
+
+def test_model_setting_names_another_model(kernel_env, tmp_path, monkeypatch_module):
+    """INSEQ_EXT_NOTEBOOK_MODEL picks the model: here a local folder (a hub name works the same with a network)."""
+    from inseq_ext.tiny_models import build_model
+
+    hf_model, tokenizer = build_model("llama", layers=3)
+    folder = tmp_path / "local-llama"
+    hf_model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    notebook = nbformat.read(ROOT / "notebooks" / "02_block_gradient_x_input.ipynb", as_version=4)
+    # The settings cell loads the model; the next code cell attributes with it.
+    code_indices = [idx for idx, cell in enumerate(notebook.cells) if cell.cell_type == "code"]
+    notebook.cells = notebook.cells[: code_indices[1] + 1]
+    monkeypatch_module.setenv("INSEQ_EXT_NOTEBOOK_MODEL", str(folder))
+    try:
+        executed = execute(notebook, tmp_path)
+    finally:
+        monkeypatch_module.delenv("INSEQ_EXT_NOTEBOOK_MODEL")
+    printed = "".join(
+        output.get("text", "") for cell in executed.cells if cell.cell_type == "code" for output in cell.outputs
+    )
+    assert f"Model: {folder}" in printed
+    # Llama: 3 blocks plus the embeddings on the layer axis, and the <s> its tokenizer adds is attributed.
+    assert "x layers): (" in printed and ", 4)" in printed and "'<s>'" in printed
