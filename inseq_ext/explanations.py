@@ -9,6 +9,8 @@ list with an attribution of the same answer. Three steps, one function each:
 3. :func:`compare_with_attribution` reports rank agreement (Spearman's rho, Kendall's tau-b), top-k overlap and,
    where both sides are signed, sign agreement.
 
+:func:`attribution_word_scores` turns an inseq attribution into the ``(word, score)`` list that step 3 compares.
+
 Rank correlations are implemented here (no SciPy dependency), with ties given their average rank.
 """
 
@@ -19,6 +21,12 @@ import re
 import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from inseq.data import FeatureAttributionOutput, FeatureAttributionSequenceOutput
+    from inseq.utils.typing import TokenWithId
+    from transformers import PreTrainedTokenizerBase
 
 #: Quote characters accepted around words and scores: straight, backtick, curly, low-9 and guillemets.
 QUOTES = "'\"`\u2018\u2019\u201a\u201b\u201c\u201d\u201e\u00ab\u00bb"
@@ -357,3 +365,79 @@ def _sign_agreement(x: Sequence[float], y: Sequence[float]) -> float | None:
     if not both_nonzero:
         return None
     return sum((a > 0) == (b > 0) for a, b in both_nonzero) / len(both_nonzero)
+
+
+def word_spans(tokens: Sequence[str], special_tokens: Sequence[str] = ()) -> list[tuple[int, int]]:
+    """``(start, end)`` (end excluded) of every run of two or more tokens that form one word.
+
+    A word starts at the first token, at a token beginning with a space marker (``Ġ`` in byte-level BPE, ``▁`` in
+    SentencePiece), and at or right after a special token, so that ``<s>`` never joins the first word. Punctuation
+    written without a space stays with its word (``terrible,``), which :func:`normalize_word` ignores anyway.
+    """
+    special = set(special_tokens)
+    starts = [
+        idx
+        for idx, token in enumerate(tokens)
+        if idx == 0 or token.startswith(_SPACE_MARKERS) or token in special or tokens[idx - 1] in special
+    ]
+    bounds = [*starts, len(tokens)]
+    return [(start, end) for start, end in zip(bounds, bounds[1:], strict=False) if end - start > 1]
+
+
+def attribution_word_scores(
+    output: FeatureAttributionOutput | FeatureAttributionSequenceOutput,
+    tokenizer: PreTrainedTokenizerBase,
+    generated_token: int = 0,
+    sequence: int = 0,
+) -> list[tuple[str, float]]:
+    """One ``(word, score)`` per prompt word, for one generated token, ready for :func:`compare_with_attribution`.
+
+    The prompt's tokens (the source of an encoder-decoder, the target prefix before ``attr_pos_start`` of a
+    decoder-only model) are merged into words by :func:`word_spans` with inseq's own span aggregator
+    (``aggregate("spans", ...)``, which keeps each word's token score of largest magnitude, sign preserved). Only
+    prompt tokens are merged, so generated tokens keep their own columns. Special tokens (``<s>``, ``</s>``, ...)
+    are left out; words are decoded with the tokenizer (space markers and byte-level symbols become text).
+
+    Args:
+        output: An attribution with one score per token and generated token (e.g. ``custom_saliency``, or any
+            method's output after ``aggregate()``), or one of its sequence attributions.
+        tokenizer: The attributed model's tokenizer (``model.tokenizer``), for special tokens and decoding.
+        generated_token: Which generated token's column: its position among the attributed steps (negative from
+            the end).
+        sequence: Which sequence of ``output``, when it holds several.
+
+    Returns:
+        ``(word, score)`` in prompt order.
+
+    Raises:
+        ValueError: If the attribution has more than one score per token and step (aggregate it first), or
+            ``generated_token`` is out of range.
+    """
+    from inseq.data import FeatureAttributionOutput
+
+    seq = output.sequence_attributions[sequence] if isinstance(output, FeatureAttributionOutput) else output
+    encoder_decoder = seq.source_attributions is not None
+    scores = seq.source_attributions if encoder_decoder else seq.target_attributions
+    if scores.ndim != 2:
+        raise ValueError(
+            f"attribution_word_scores needs one score per token and generated token; got shape "
+            f"{tuple(scores.shape)}. Reduce the extra dimensions first, e.g. with output.aggregate()."
+        )
+    steps = scores.shape[1]
+    if not -steps <= generated_token < steps:
+        raise ValueError(f"generated_token {generated_token} is out of range: {steps} attributed generated tokens.")
+    special = list(tokenizer.all_special_tokens)
+    prompt: list[TokenWithId] = seq.source if encoder_decoder else seq.target[: seq.attr_pos_start]
+    spans = word_spans([token.token for token in prompt], special)
+    if spans:
+        seq = seq.aggregate("spans", **{"source_spans" if encoder_decoder else "target_spans": spans})
+    if encoder_decoder:
+        prompt, scores = seq.source, seq.source_attributions
+    else:
+        prompt, scores = seq.target[: seq.attr_pos_start], seq.target_attributions[: seq.attr_pos_start]
+    column = scores[:, generated_token % steps].tolist()
+    return [
+        (tokenizer.convert_tokens_to_string([token.token]).strip(), score)
+        for token, score in zip(prompt, column, strict=False)
+        if token.token not in special
+    ]

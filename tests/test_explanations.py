@@ -5,9 +5,11 @@ from __future__ import annotations
 import math
 
 import pytest
+import torch
 
 from inseq_ext.explanations import (
     align_explanation,
+    attribution_word_scores,
     average_ranks,
     compare_with_attribution,
     kendall_tau_b,
@@ -15,6 +17,7 @@ from inseq_ext.explanations import (
     parse_explanation,
     spearman_rho,
     top_k_positions,
+    word_spans,
 )
 
 # --- parse_explanation ---------------------------------------------------------------------------------------------
@@ -244,3 +247,75 @@ def test_compare_needs_two_aligned_words_and_names_the_unmatched():
         compare_with_attribution("[('dull', 1), ('plot', 0.5)]", [("dull", 0.3), ("film", 0.2)])
     with pytest.raises(ValueError, match="No \\(word, score\\) pairs"):
         compare_with_attribution("no list here", [("dull", 0.3), ("film", 0.2)])
+
+
+# --- word scores from an inseq attribution -------------------------------------------------------------------------
+
+PROMPT = "The movie was boring, and the acting was terrible. Sentiment:"
+
+
+def token_word_index(prompt: str, tokenizer, architecture: str) -> list[int | None]:
+    """Word (whitespace-separated) of each prompt token from the tokenizer's character offsets; None: special."""
+    encoded = tokenizer(prompt, return_offsets_mapping=True, return_special_tokens_mask=True)
+    indices = []
+    for (start, end), special in zip(encoded["offset_mapping"], encoded["special_tokens_mask"], strict=True):
+        if special:
+            indices.append(None)
+            continue
+        # A token of spaces only (byte-level "Ġ") belongs to the word it precedes.
+        first_letter = next((pos for pos in range(start, end) if not prompt[pos].isspace()), end)
+        indices.append(prompt[:first_letter].count(" "))
+    return indices
+
+
+@pytest.mark.parametrize("architecture", ["gpt2", "llama", "bart"])
+def test_attribution_word_scores_merge_tokens_into_the_prompt_words(attribution_models, architecture):
+    model = attribution_models(architecture)
+    target = "George Washington." if model.is_encoder_decoder else PROMPT + " George Washington."
+    out = model.attribute(PROMPT, target, method="custom_saliency", show_progress=False)
+    sequence = out[0]
+    raw = sequence.source_attributions if model.is_encoder_decoder else sequence.target_attributions
+    raw_before = raw.clone()
+
+    pairs = attribution_word_scores(out, model.tokenizer, generated_token=1)
+
+    assert [word for word, _ in pairs] == PROMPT.split()  # special tokens (<s>, </s>) left out
+    word_of_token = token_word_index(PROMPT, model.tokenizer, architecture)
+    assert len(word_of_token) == (len(sequence.source) if model.is_encoder_decoder else sequence.attr_pos_start)
+    for word_index, (_, score) in enumerate(pairs):
+        token_scores = raw[[idx for idx, word in enumerate(word_of_token) if word == word_index], 1]
+        assert score == pytest.approx(token_scores.max().item())  # saliency >= 0: absmax is the max
+    torch.testing.assert_close(raw, raw_before, rtol=0, atol=0, equal_nan=True)  # not aggregated in place
+
+
+def test_attribution_word_scores_feed_the_comparison(attribution_models):
+    model = attribution_models("gpt2")
+    out = model.attribute(PROMPT, PROMPT + " George", method="custom_saliency", show_progress=False)
+    pairs = attribution_word_scores(out, model.tokenizer, generated_token=-1)
+    # An explanation that ranks the words exactly as the attribution does, written as an LLM would.
+    explanation = "Here: [" + ", ".join(f"('{word}', {10 * score:.6f})" for word, score in pairs) + "]"
+    result = compare_with_attribution(explanation, pairs, k=3)
+    assert len(result.compared) == len(PROMPT.split())
+    assert result.spearman == pytest.approx(1.0) and result.kendall_tau_b == pytest.approx(1.0)
+    assert result.top_k_overlap == 1.0
+
+
+def test_attribution_word_scores_rejects_bad_input(attribution_models):
+    model = attribution_models("gpt2")
+    out = model.attribute(PROMPT, PROMPT + " George", method="custom_saliency", show_progress=False)
+    steps = out[0].target_attributions.shape[1]
+    with pytest.raises(ValueError, match=f"out of range: {steps} attributed"):
+        attribution_word_scores(out, model.tokenizer, generated_token=steps)
+    with pytest.raises(ValueError, match="out of range"):
+        attribution_word_scores(out, model.tokenizer, generated_token=-steps - 1)
+    layered = model.attribute(PROMPT, PROMPT + " George", method="block_gradient_x_input", show_progress=False)
+    with pytest.raises(ValueError, match="aggregate"):
+        attribution_word_scores(layered, model.tokenizer)
+
+
+def test_word_spans():
+    tokens = ["<s>", "The", "\u0120mo", "vie", "\u0120was", "\u0120t", "er", "rible", ".", "</s>"]
+    assert word_spans(tokens, special_tokens=["<s>", "</s>"]) == [(2, 4), (5, 9)]
+    # Without knowing <s> is special it joins the first word.
+    assert word_spans(tokens[:2]) == [(0, 2)]
+    assert word_spans(["\u2581Hel", "lo", "\u2581world"]) == [(0, 2)]
