@@ -7,7 +7,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.inseq_ext-installed
 
-.PHONY: setup demo test bench clean
+.PHONY: setup demo test bench docs clean
 
 setup: $(STAMP)
 
@@ -30,6 +30,10 @@ bench: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) benchmarks/bench_custom_saliency.py
 	HF_HUB_OFFLINE=1 $(PY) benchmarks/bench_block_gradient_x_input.py
 	HF_HUB_OFFLINE=1 $(PY) benchmarks/bench_rotary_attention.py
+
+docs: $(STAMP)
+	$(PY) -m mkdocs build --strict --site-dir out/site
+	@echo "Documentation written to out/site/index.html"
 
 clean:
 	rm -rf $(VENV) out .pytest_cache .ruff_cache *.egg-info

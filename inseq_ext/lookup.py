@@ -65,8 +65,9 @@ def score_of(
         output: Any inseq attribution output (or one sequence attribution).
         source: Text of the attributed unit.
         target: Text of the generated unit.
-        source_occurrence, target_occurrence: Which occurrence (1 = first) when the text occurs several times;
-            by default the text must occur once, else a ``ValueError`` lists the choices.
+        source_occurrence: Which occurrence of ``source`` (1 = first) when its text occurs several times; by
+            default it must occur once, else a ``ValueError`` lists the choices.
+        target_occurrence: The same for ``target``.
         granularity: ``"token"`` or ``"word"`` (or ``"sentence"``, ``"line"``, ``"paragraph"``).
         sequence: Which sequence of the output.
         tokenizer: Optional tokenizer (or inseq model) used to decode tokens.

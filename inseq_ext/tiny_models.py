@@ -171,8 +171,11 @@ def build_model(
         tokenizer: Tokenizer to pair with the model; by default one is trained with :func:`build_tokenizer`
             (``<s>`` prepended for Llama-style models, ``</s>`` appended for encoder-decoders).
         seed: Seed for the random weights.
-        hidden, layers, heads: Model size; further keys (``ffn``, ``kv_heads``, ``max_positions``,
-            ``vocab_size``: rows of the embedding matrix, at least the tokenizer's size) refine it.
+        hidden: Hidden size.
+        layers: Number of blocks (in each stack of an encoder-decoder).
+        heads: Number of attention heads.
+        **size: Further size keys: ``ffn``, ``kv_heads``, ``max_positions``, ``vocab_size`` (rows of the embedding
+            matrix, at least the tokenizer's size).
         attn_implementation: Attention kernel (``"eager"``, ``"sdpa"``, ...); transformers' default (SDPA) if None.
     """
     if tokenizer is None:

@@ -23,6 +23,7 @@ for _adapter in BUILT_IN_ADAPTERS:
 
 
 def supported_model_types() -> list[str]:
+    """The ``config.model_type`` values that have an adapter, sorted."""
     return sorted(_ADAPTERS)
 
 
