@@ -349,8 +349,10 @@ def compare_with_attribution(
         k=top_k,
         sign_agreement=_sign_agreement(explanation_scores, attribution_scores),
         compared=tuple(
-            (words[position], e, a)
-            for position, e, a in zip(positions, explanation_scores, attribution_scores, strict=True)
+            (words[position], explanation_score, attribution_score)
+            for position, explanation_score, attribution_score in zip(
+                positions, explanation_scores, attribution_scores, strict=True
+            )
         ),
         unmatched_explanation_words=tuple(alignment.unmatched),
         unmentioned_words=tuple(words[position] for position in alignment.unmentioned_positions),

@@ -60,22 +60,19 @@ def test_there_are_notebooks():
     assert NOTEBOOKS, "no notebooks found in notebooks/"
 
 
-def test_kernel_runs_this_environment(kernel_env, tmp_path):
-    probe = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("import sys, os; print(sys.executable)")])
-    executed = execute(probe, tmp_path)
-    printed = executed.cells[0].outputs[0]["text"].strip()
-    assert Path(printed).resolve() == Path(sys.executable).resolve()
-
-
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[path.stem for path in NOTEBOOKS])
 def test_notebook_runs_offline(kernel_env, tmp_path, path):
     notebook = nbformat.read(path, as_version=4)
     assert not any(cell.get("outputs") for cell in notebook.cells if cell.cell_type == "code"), (
         f"{path.name} is stored with outputs; clear them before committing"
     )
+    # A last cell reports the kernel's interpreter: it must be this environment's, not some other Python 3.
+    notebook.cells.append(nbformat.v4.new_code_cell("import sys\nprint(sys.executable)"))
     started = time.monotonic()
     executed = execute(notebook, tmp_path)
     elapsed = time.monotonic() - started
+    kernel_python = executed.cells[-1].outputs[0]["text"].strip()
+    assert Path(kernel_python).resolve() == Path(sys.executable).resolve()
     code_cells = [cell for cell in executed.cells if cell.cell_type == "code"]
     assert code_cells and all(cell.execution_count for cell in code_cells)
     errors = [output for cell in code_cells for output in cell.outputs if output.output_type == "error"]
