@@ -122,19 +122,44 @@ def _texts_from_tokenizer(strings: list[str], ids: list[int], special: list[bool
         end = start
         while end < len(ids) and not special[end]:
             end += 1
-        segment = ids[start:end]
-        full = tokenizer.decode(segment, skip_special_tokens=False, clean_up_tokenization_spaces=False)
-        done = 0
-        for count in range(1, len(segment) + 1):
-            # A dangling partial UTF-8 character decodes to U+FFFD until the token that completes it.
-            prefix = tokenizer.decode(segment[:count], skip_special_tokens=False, clean_up_tokenization_spaces=False)
-            length = max(done, min(len(prefix.rstrip("\ufffd")), len(full)))
-            if count == len(segment):
-                length = len(full)
-            texts.append(full[done:length])
-            done = length
+        # Decode after the preceding special token, as the tokenizer does in a whole sequence (a SentencePiece
+        # decoder drops the first word's space only at the very start).
+        context = ids[start - 1 : start]
+        texts += _decode_pieces(context + ids[start:end], tokenizer)[len(context) :]
         start = end
     return texts
+
+
+def _decode_pieces(segment: list[int], tokenizer: Any, window: int = 8) -> list[str]:
+    """Per-token pieces of ``tokenizer.decode(segment)``, from short windows (linear time), else from prefixes.
+
+    A token's piece is ``decode(window + token)`` minus ``decode(window)``, the window being the few tokens before
+    it: both decodes start at the same token, so a decoder's first-word space stripping cancels out. A trailing
+    U+FFFD (dangling partial UTF-8 character) is left for the token that completes the character.
+    """
+
+    def decode(ids: list[int]) -> str:
+        return tokenizer.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
+
+    full = decode(segment)
+    pieces = []
+    for idx in range(len(segment)):
+        low = max(0, idx - window)
+        before = decode(segment[low:idx]).rstrip("\ufffd") if idx > low else ""
+        pieces.append(decode(segment[low : idx + 1]).rstrip("\ufffd")[len(before) :])
+    if "".join(pieces) == full:
+        return pieces
+    # Decoders with context-dependent output: fall back to prefixes of the whole segment (quadratic time).
+    pieces, done = [], 0
+    for count in range(1, len(segment) + 1):
+        length = (
+            len(full)
+            if count == len(segment)
+            else max(done, min(len(decode(segment[:count]).rstrip("\ufffd")), len(full)))
+        )
+        pieces.append(full[done:length])
+        done = length
+    return pieces
 
 
 def _texts_from_strings(strings: list[str], special: list[bool]) -> list[str]:
@@ -147,8 +172,7 @@ def _texts_from_strings(strings: list[str], special: list[bool]) -> list[str]:
         mode = "plain"
     decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
     texts: list[str] = []
-    first_text = True
-    for tok, is_special in zip(strings, special, strict=True):
+    for position, (tok, is_special) in enumerate(zip(strings, special, strict=True)):
         if is_special:
             if texts:
                 texts[-1] += decoder.decode(b"", final=True)
@@ -160,11 +184,10 @@ def _texts_from_strings(strings: list[str], special: list[bool]) -> list[str]:
         elif mode == "sentencepiece":
             fallback = _BYTE_FALLBACK.fullmatch(tok)
             data = bytes([int(fallback.group(1), 16)]) if fallback else tok.replace("\u2581", " ").encode()
-            if first_text and data.startswith(b" "):
+            if position == 0 and data.startswith(b" "):
                 data = data[1:]  # SentencePiece decoders drop the space they prepend to the first word
         else:
             data = tok.encode()
-        first_text = first_text and not data
         texts.append(decoder.decode(data))
     if texts:
         texts[-1] += decoder.decode(b"", final=True)

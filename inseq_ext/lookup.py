@@ -23,10 +23,12 @@ def _matches(texts: list[str], wanted: str) -> list[int]:
     return [idx for idx, text in enumerate(texts) if bare and text.strip().strip(_PUNCTUATION) == bare]
 
 
-def _pick(kind: str, wanted: str, candidates: list[int], occurrence: int | None, available: list[str]) -> int:
+def _pick(
+    kind: str, wanted: str, candidates: list[int], occurrence: int | None, available: list[str], hint: str = ""
+) -> int:
     if not candidates:
         shown = ", ".join(repr(text.strip()) for text in dict.fromkeys(available) if text.strip())
-        raise ValueError(f"{kind} {wanted!r} is absent. Available {kind} units: {shown}.")
+        raise ValueError(f"{kind} {wanted!r} is absent. Available {kind} units: {shown}.{hint}")
     if occurrence is None:
         if len(candidates) > 1:
             raise ValueError(
@@ -78,8 +80,9 @@ def score_of(
         their tokens.
     """
     view = unit_view(output, sequence, granularity, tokenizer, select)
+    hint = " (These are tokens; granularity='word' matches whole words.)" if granularity == "token" else ""
     generated = view.generated
-    column = _pick("target", target, _matches(generated, target), target_occurrence, generated)
+    column = _pick("target", target, _matches(generated, target), target_occurrence, generated, hint)
     target_position = view.generated_start + column
     rows: list[tuple[str, int]] = []
     if view.source_scores is not None:
@@ -87,6 +90,6 @@ def score_of(
     if view.target_scores is not None:
         rows += [("target", idx) for idx in range(min(target_position, view.target_scores.shape[0]))]
     texts = [view.source[idx] if axis == "source" else view.target[idx] for axis, idx in rows]
-    axis, row = rows[_pick("source", source, _matches(texts, source), source_occurrence, texts)]
+    axis, row = rows[_pick("source", source, _matches(texts, source), source_occurrence, texts, hint)]
     scores = view.source_scores if axis == "source" else view.target_scores
     return float(scores[row, column])

@@ -57,8 +57,10 @@ def test_token_texts_concatenate_to_the_decoded_text(forced_output):
 def test_partial_utf8_bytes_go_to_the_token_completing_the_character():
     # Byte-level pieces of "café": "Ã©" are the two UTF-8 bytes of "é".
     assert token_texts(["Ġcaf", "Ã", "©", "!"]) == [" caf", "", "\u00e9", "!"]
-    # SentencePiece byte fallback, first-word space dropped.
-    assert token_texts(["<s>", "\u2581caf", "<0xC3>", "<0xA9>"]) == ["<s>", "caf", "", "\u00e9"]
+    # SentencePiece byte fallback; the space of the first word is dropped at the very start only (as Hugging Face
+    # decodes "<s> café").
+    assert token_texts(["\u2581caf", "<0xC3>", "<0xA9>"]) == ["caf", "", "\u00e9"]
+    assert token_texts(["<s>", "\u2581caf", "<0xC3>", "<0xA9>"]) == ["<s>", " caf", "", "\u00e9"]
 
 
 def test_word_groups_follow_the_text(forced_output):
@@ -187,6 +189,8 @@ def test_lookup_errors_name_the_problem(forced_output):
     first = score_of(out, "America", "Paris", source_occurrence=1, granularity="word")
     second = score_of(out, "America", "Paris", source_occurrence=2, granularity="word")
     assert first != second
+    with pytest.raises(ValueError, match="granularity='word' matches whole words"):
+        score_of(out, "America", "Lincoln")
     with pytest.raises(ValueError, match="source_occurrence=3 is out of range"):
         score_of(out, "America", "Paris", source_occurrence=3, granularity="word")
     with pytest.raises(ValueError, match="Unknown granularity 'words'; choose one of token, word"):
