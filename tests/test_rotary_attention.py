@@ -254,9 +254,11 @@ def test_two_generate_calls_in_one_capture_are_refused(tiny_models):
     with pytest.raises(ValueError, match="several generate"), capture_queries_keys(model):
         model.generate(**encoded, max_new_tokens=2, do_sample=False)
         model.generate(**encoded, max_new_tokens=2, do_sample=False)
+    with pytest.raises(ValueError, match="without a KV cache"), capture_queries_keys(model):
+        model.generate(**encoded, max_new_tokens=2, do_sample=False, use_cache=False)
     with pytest.raises(ValueError, match="batch size changed"), capture_queries_keys(model), torch.no_grad():
-        model(**encoded)
-        model(input_ids=encoded.input_ids[:1])
+        model(**encoded, use_cache=True)
+        model(input_ids=encoded.input_ids[:1], use_cache=True)
 
 
 def test_model_unchanged_after_success_and_failure():

@@ -210,6 +210,12 @@ class QueryKeyCapture:
                 key = apply_rotary(key, cos, sin)
                 record.cos_chunks.append(cos.detach())
                 record.sin_chunks.append(sin.detach())
+            if record.key_chunks and cache is None:
+                # Without a KV cache every call starts again from position 0: appending would mix sequences.
+                raise ValueError(
+                    "A second forward pass without a KV cache inside one capture_queries_keys block: use "
+                    "generate(..., use_cache=True), or one block per forward pass."
+                )
             if record.key_chunks and record.key_chunks[0].shape[0] != key.shape[0]:
                 raise ValueError(
                     f"The batch size changed from {record.key_chunks[0].shape[0]} to {key.shape[0]} during one"
