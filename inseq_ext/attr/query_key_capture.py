@@ -414,7 +414,8 @@ def capture_queries_keys(model: torch.nn.Module) -> Iterator[QueryKeyCapture]:
 
     Raises:
         ValueError: for models without an :class:`AttentionSpec` (the message lists the supported families), and,
-            from inside ``generate``, for decoding that reorders or crops the cache (beam search, assisted decoding).
+            from inside ``generate``, for decoding that reorders or crops the cache (beam search, assisted decoding),
+            for ``use_cache=False`` and for a second ``generate`` call in the same block.
     """
     hooks = HookSet()
     try:
