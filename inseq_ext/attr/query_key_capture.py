@@ -122,7 +122,10 @@ class QueryKeyCapture:
             window = getattr(attention, "sliding_window", None)
             if not hasattr(attention, "sliding_window") and self.spec.sliding_window_from_config:
                 window = getattr(config, "sliding_window", None)
-            record = _LayerRecord(attention, float(attention.scaling), window, [], [], [], [])
+            scaling = getattr(attention, "scaling", None)
+            if scaling is None:  # transformers 5 attention modules keep the factor they multiply the scores by
+                raise ValueError(f"{type(attention).__name__} has no 'scaling' attribute to scale the scores with.")
+            record = _LayerRecord(attention, float(scaling), window, [], [], [], [])
             self.layers.append(record)
             self._register(hooks, record)
         hooks.forward_pre_hook(model, self._record_mask, with_kwargs=True)
