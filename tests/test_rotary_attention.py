@@ -232,15 +232,33 @@ def test_beam_search_inside_capture_is_refused(tiny_models):
     assert sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules()) == 0
 
 
+def test_inseq_method_after_beam_search(tiny_models, eager_models):
+    """The method reads the final sequences, so inseq's beam-search generation is fine (unlike the capture)."""
+    sdpa_model, tokenizer = tiny_models("llama")
+    eager_model, _ = eager_models("llama")
+    beams = {**GREEDY, "num_beams": 3}
+    out = inseq.load_model(sdpa_model, "rotary_attention", tokenizer=tokenizer).attribute(
+        PROMPTS, generation_args=beams, show_progress=False
+    )
+    ref = inseq.load_model(eager_model, "attention", tokenizer=tokenizer).attribute(
+        PROMPTS, generation_args=beams, show_progress=False
+    )
+    assert out.info["generated_texts"] == ref.info["generated_texts"]
+    for seq_ours, seq_ref in zip(out.sequence_attributions, ref.sequence_attributions, strict=True):
+        assert (seq_ours.target_attributions - seq_ref.target_attributions).nan_to_num().abs().max() < TOLERANCE
+
+
 def test_two_generate_calls_in_one_capture_are_refused(tiny_models):
     model, tokenizer = tiny_models("qwen2")
     encoded = left_padded(tokenizer)
     with pytest.raises(ValueError, match="several generate"), capture_queries_keys(model):
         model.generate(**encoded, max_new_tokens=2, do_sample=False)
         model.generate(**encoded, max_new_tokens=2, do_sample=False)
+    with pytest.raises(ValueError, match="without a KV cache"), capture_queries_keys(model):
+        model.generate(**encoded, max_new_tokens=2, do_sample=False, use_cache=False)
     with pytest.raises(ValueError, match="batch size changed"), capture_queries_keys(model), torch.no_grad():
-        model(**encoded)
-        model(input_ids=encoded.input_ids[:1])
+        model(**encoded, use_cache=True)
+        model(input_ids=encoded.input_ids[:1], use_cache=True)
 
 
 def test_model_unchanged_after_success_and_failure():

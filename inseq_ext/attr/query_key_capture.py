@@ -122,7 +122,10 @@ class QueryKeyCapture:
             window = getattr(attention, "sliding_window", None)
             if not hasattr(attention, "sliding_window") and self.spec.sliding_window_from_config:
                 window = getattr(config, "sliding_window", None)
-            record = _LayerRecord(attention, float(attention.scaling), window, [], [], [], [])
+            scaling = getattr(attention, "scaling", None)
+            if scaling is None:  # transformers 5 attention modules keep the factor they multiply the scores by
+                raise ValueError(f"{type(attention).__name__} has no 'scaling' attribute to scale the scores with.")
+            record = _LayerRecord(attention, float(scaling), window, [], [], [], [])
             self.layers.append(record)
             self._register(hooks, record)
         hooks.forward_pre_hook(model, self._record_mask, with_kwargs=True)
@@ -210,6 +213,12 @@ class QueryKeyCapture:
                 key = apply_rotary(key, cos, sin)
                 record.cos_chunks.append(cos.detach())
                 record.sin_chunks.append(sin.detach())
+            if record.key_chunks and cache is None:
+                # Without a KV cache every call starts again from position 0: appending would mix sequences.
+                raise ValueError(
+                    "A second forward pass without a KV cache inside one capture_queries_keys block: use "
+                    "generate(..., use_cache=True), or one block per forward pass."
+                )
             if record.key_chunks and record.key_chunks[0].shape[0] != key.shape[0]:
                 raise ValueError(
                     f"The batch size changed from {record.key_chunks[0].shape[0]} to {key.shape[0]} during one"
@@ -408,7 +417,8 @@ def capture_queries_keys(model: torch.nn.Module) -> Iterator[QueryKeyCapture]:
 
     Raises:
         ValueError: for models without an :class:`AttentionSpec` (the message lists the supported families), and,
-            from inside ``generate``, for decoding that reorders or crops the cache (beam search, assisted decoding).
+            from inside ``generate``, for decoding that reorders or crops the cache (beam search, assisted decoding),
+            for ``use_cache=False`` and for a second ``generate`` call in the same block.
     """
     hooks = HookSet()
     try:

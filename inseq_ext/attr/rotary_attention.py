@@ -40,8 +40,7 @@ class RotaryAttentionAttribution(ExtFeatureAttribution):
     ``target_attributions`` of shape ``(prefix, generated tokens, layers, heads)`` per sequence, whose default
     aggregation (``out.aggregate()``, ``out.show()``) is the mean over layers then heads, i.e. the "mean group"
     view. The raw per-layer, per-head scores are the unaggregated tensors
-    (``out.sequence_attributions[i].target_attributions``); one layer or head is picked with inseq's
-    ``out.aggregate("mean", select_idx=...)``/``show(select_idx=...)``.
+    (``out.sequence_attributions[i].target_attributions``; layer ``l``, head ``h``: ``[..., l, h]``).
 
     Supported: decoder-only families whose adapter has an :class:`~inseq_ext.adapters.AttentionSpec` (Llama,
     Mistral, Qwen2, Qwen3, GPT-NeoX, Phi, and GPT-2, where there is no rotary embedding and the scores are plain
