@@ -220,37 +220,40 @@ def sentiment_example(rng: random.Random) -> Example:
 
 
 def lookup_example(rng: random.Random) -> Example:
-    """A [DATA] block of 3 services' hours, then a question on one service; the answer copies its hour."""
+    """A [DATA] block of 3 services' hours, then a question on one service; the answer copies its opening hour.
+
+    The prompt ends with the service name, which starts its data line (and appears nowhere else): finding the line
+    and copying the token after the name is the induction pattern small transformers learn quickly.
+    """
     services = rng.sample(SERVICES, 3)
     hours = {service: (rng.choice(OPEN_HOURS), rng.choice(CLOSE_HOURS)) for service in services}
     asked = rng.choice(services)
-    asks_opening = rng.random() < 0.5
     builder = PromptBuilder().add("[DATA]")
     for service in services:
         opens, closes = hours[service]
-        if service == asked and asks_opening:
-            builder.add(f" {service} opens").add(f" {opens}", mark=str(opens)).add(f" closes {closes}.")
-        elif service == asked:
-            builder.add(f" {service} opens {opens} closes").add(f" {closes}", mark=str(closes)).add(".")
+        if service == asked:
+            builder.add(f" {service}").add(f" {opens}", mark=str(opens)).add(f" to {closes}.")
         else:
-            builder.add(f" {service} opens {opens} closes {closes}.")
-    builder.add(f" [/DATA] When does the {asked} {'open' if asks_opening else 'close'}? At")
-    answer = hours[asked][0 if asks_opening else 1]
-    return Example("lookup", builder.text, f" {answer}.", builder.marks, builder.marked)
+            builder.add(f" {service} {opens} to {closes}.")
+    builder.add(f" [/DATA] Opening hour of the {asked}")
+    return Example("lookup", builder.text, f" {hours[asked][0]}.", builder.marks, builder.marked)
 
 
 def copy_example(rng: random.Random) -> Example:
-    """A code of 2-4 words, a filler sentence, then a request to repeat it; the first code word is the source."""
+    """A code of 2-4 words, a filler sentence, then the code again; the first code word is the source.
+
+    "the code is" precedes the code both times, so the first answer word is the token that followed it before.
+    """
     code = rng.sample(CODE_WORDS, rng.randint(2, 4))
     builder = PromptBuilder().add("The code is").add(f" {code[0]}", mark=code[0]).add(" " + " ".join(code[1:]) + ".")
     filler = rng.choice(COPY_FILLERS)
-    builder.add((" " + filler if filler else "") + " Repeat the code:")
+    builder.add((" " + filler if filler else "") + " Once more, the code is")
     return Example("copy", builder.text, " " + " ".join(code) + ".", builder.marks, builder.marked)
 
 
 GENERATORS = {"sentiment": sentiment_example, "lookup": lookup_example, "copy": copy_example}
 # Share of each task in the training stream (facts are few sentences, repeated).
-MIXTURE = {"facts": 0.16, "sentiment": 0.24, "lookup": 0.32, "copy": 0.28}
+MIXTURE = {"facts": 0.12, "sentiment": 0.2, "lookup": 0.34, "copy": 0.34}
 
 
 def training_stream(count: int, seed: int) -> list[Example]:
