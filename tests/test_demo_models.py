@@ -93,13 +93,18 @@ def test_probe_set_accuracy_matches_report(demo_pairs, name):
     """Teacher-forced first answer token of every probe: the accuracy agrees with the training report's held-out
     accuracy (the probes are a sample of the held-out set), and learned tasks are (almost) always right."""
     model, tokenizer = demo_pairs[name]
-    hits: dict[str, list[bool]] = {}
+    probes = demo_probes(name)
+    # One right-padded batch: in a causal model the logits at a prompt's last token ignore the padding after it.
+    tokenizer.padding_side = "right"
+    batch = tokenizer([probe["prompt"] for probe in probes], return_tensors="pt", padding=True)
     with torch.no_grad():
-        for probe in demo_probes(name):
-            ids = tokenizer(probe["prompt"], return_tensors="pt").input_ids
-            predicted = model(input_ids=ids).logits[0, -1].argmax().item()
-            expected = tokenizer(probe["prompt"] + probe["answer_first_token"]).input_ids[-1]
-            hits.setdefault(probe["task"], []).append(predicted == expected)
+        logits = model(**batch).logits
+    last = batch.attention_mask.sum(dim=1) - 1
+    predicted = logits[torch.arange(len(probes)), last].argmax(dim=-1).tolist()
+    hits: dict[str, list[bool]] = {}
+    for probe, prediction in zip(probes, predicted, strict=True):
+        expected = tokenizer(probe["prompt"] + probe["answer_first_token"]).input_ids[-1]
+        hits.setdefault(probe["task"], []).append(prediction == expected)
     reported = training_report(name)["held_out_accuracy"]
     for task, task_hits in hits.items():
         accuracy = sum(task_hits) / len(task_hits)
