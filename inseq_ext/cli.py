@@ -206,6 +206,7 @@ def run_attribute(args: argparse.Namespace) -> None:
     name_or_path, label = resolve_model(args.model)
     attribution_model = load_attribution_model(name_or_path, label, args.method)
     generated_text = greedy_continuation(attribution_model, args.prompt, args.max_new_tokens)
+    print(f"Model: {label} | method: {args.method} | generated: {generated_text!r}", flush=True)
     attribute_kwargs: dict[str, Any] = {"step_scores": args.step_scores, "show_progress": not args.quiet}
     if args.attributed_fn is not None:
         attribute_kwargs["attributed_fn"] = args.attributed_fn
@@ -213,7 +214,6 @@ def run_attribute(args: argparse.Namespace) -> None:
         out = attribution_model.attribute(args.prompt, generated_text, **attribute_kwargs)
     except ValueError as error:
         raise CLIError(f"attribution failed: {error}") from None
-    print(f"Model: {label} | method: {args.method} | generated: {out.info['generated_texts'][0]!r}")
     html = out.show(display=not args.no_show, return_html=args.html is not None)
     for option, path in outputs:
         if option == "--html":
