@@ -228,14 +228,21 @@ def run_attribute(args: argparse.Namespace) -> None:
 
 def run_ground_truth(args: argparse.Namespace) -> None:
     """``inseq-ext ground-truth``: hit rates of methods on the demo models' probe sets, as a Markdown table."""
-    from .ground_truth import evaluate, markdown_table
+    from .ground_truth import evaluate_model, markdown_table
 
     if args.markdown is not None:
         check_writable(Path(args.markdown), "--markdown")
-    try:
-        results = evaluate(args.models, args.methods, args.per_task)
-    except ValueError as error:
-        raise CLIError(str(error)) from None
+    results = []
+    for name in args.models:
+        for method in args.methods:
+            try:
+                result = evaluate_model(name, [method], args.per_task)[0]
+            except ValueError as error:
+                raise CLIError(str(error)) from None
+            # Progress on stderr (a full run takes minutes); the table goes to stdout.
+            print(f"{name} {method}: {result.overall:.0%} of {result.probes} probes, {result.seconds:.1f} s",
+                  file=sys.stderr, flush=True)  # fmt: skip
+            results.append(result)
     table = markdown_table(results)
     print(table, end="")
     if args.markdown is not None:
