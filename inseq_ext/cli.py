@@ -183,7 +183,8 @@ def write_output(path: Path, option: str, write: Callable[[Path], None]) -> None
             write(temporary)
     except OSError as error:
         raise CLIError(f"{option} {path}: cannot be written ({error.strerror or error})") from None
-    print(f"{option[2:].upper() if option != '--save' else 'inseq output'} written to {path}")
+    kinds = {"--html": "HTML heatmap", "--json": "JSON heatmap", "--save": "inseq output", "--markdown": "Table"}
+    print(f"{kinds.get(option, option)} written to {path}")
 
 
 # ----------------------------------------------------------------------------------------------------------------
