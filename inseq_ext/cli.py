@@ -322,7 +322,11 @@ def atomic_inseq_outputs(argument_groups: Sequence[Any]) -> Iterator[None]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="Attribute generations of language models with inseq and this package's methods. Without "
+        "--model, the embedded demo GPT-2 is used (no network needed).",
+    )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     attribute = commands.add_parser(
