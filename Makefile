@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	HF_HUB_OFFLINE=1 $(PY) -m inseq_ext.demo
+	HF_HUB_OFFLINE=1 $(PY) -m inseq_ext attribute "The first president of America is" --html out/demo.html
 
 test: $(STAMP)
 	$(PY) -m ruff check .

@@ -3,7 +3,8 @@
 ``import inseq_ext`` adds the package's methods to inseq's registry, so that ``inseq.load_model(model,
 "custom_saliency")`` (or ``"rotary_attention"``, ...) and ``model.attribute(..., method="custom_saliency")`` work
 in any inseq workflow. It also registers the NaN-aware ``"nansum"``/``"nanmean"`` aggregation functions used for
-word/sentence granularity.
+word/sentence granularity. ``inseq_ext.demo_model("gpt2")`` is the local folder of a small trained demo model that
+loads with no network.
 """
 
 from .attr import (
@@ -15,6 +16,7 @@ from .attr import (
     normalized_saliency,
 )
 from .chat import attribute_chat
+from .demo_models import DEMO_MODEL_NAMES, demo_model
 from .explorer import write_explorer
 from .granularity import aggregate_granularity
 from .lookup import score_of
@@ -26,6 +28,7 @@ register_step_functions()
 __version__ = "0.1.0"
 
 __all__ = [
+    "DEMO_MODEL_NAMES",
     "BlockGradientXInputAttribution",
     "CustomSaliencyAttribution",
     "RotaryAttentionAttribution",
@@ -33,6 +36,7 @@ __all__ = [
     "aggregate_granularity",
     "attribute_chat",
     "capture_queries_keys",
+    "demo_model",
     "normalized_saliency",
     "score_of",
     "span_attribution",
