@@ -35,6 +35,7 @@ import torch
 import inseq_ext  # noqa: F401  (registers this package's methods and step functions in inseq)
 
 from .demo_models import DEMO_MODEL_NAMES, demo_model
+from .explorer import write_explorer
 from .files import atomic_output
 
 PROG = "inseq-ext"
@@ -183,7 +184,13 @@ def write_output(path: Path, option: str, write: Callable[[Path], None]) -> None
             write(temporary)
     except OSError as error:
         raise CLIError(f"{option} {path}: cannot be written ({error.strerror or error})") from None
-    kinds = {"--html": "HTML heatmap", "--json": "JSON heatmap", "--save": "inseq output", "--markdown": "Table"}
+    kinds = {
+        "--html": "Explorer",
+        "--heatmap-html": "HTML heatmap",
+        "--json": "JSON heatmap",
+        "--save": "inseq output",
+        "--markdown": "Table",
+    }
     print(f"{kinds.get(option, option)} written to {path}")
 
 
@@ -199,7 +206,13 @@ def run_attribute(args: argparse.Namespace) -> None:
     if args.max_new_tokens < 1:
         raise CLIError(f"--max-new-tokens must be at least 1, got {args.max_new_tokens}")
     outputs = [
-        (option, path) for option, path in (("--html", args.html), ("--json", args.json), ("--save", args.save))
+        (option, path)
+        for option, path in (
+            ("--html", args.html),
+            ("--heatmap-html", args.heatmap_html),
+            ("--json", args.json),
+            ("--save", args.save),
+        )
     ]
     outputs = [(option, Path(path)) for option, path in outputs if path is not None]
     for option, path in outputs:
@@ -215,10 +228,14 @@ def run_attribute(args: argparse.Namespace) -> None:
         out = attribution_model.attribute(args.prompt, generated_text, **attribute_kwargs)
     except ValueError as error:
         raise CLIError(f"attribution failed: {error}") from None
-    html = out.show(display=not args.no_show, return_html=args.html is not None)
+    heatmap_html = out.show(display=not args.no_show, return_html=args.heatmap_html is not None)
     for option, path in outputs:
         if option == "--html":
-            write_output(path, option, lambda temporary: temporary.write_text(html, encoding="utf-8"))
+            title = f"inseq_ext explorer: {args.method} on {label}"
+            tokenizer = attribution_model.tokenizer
+            write_output(path, option, lambda temporary: write_explorer(out, temporary, tokenizer, title=title))
+        elif option == "--heatmap-html":
+            write_output(path, option, lambda temporary: temporary.write_text(heatmap_html, encoding="utf-8"))
         elif option == "--json":
             payload = json.dumps(heatmap_json(out, label, args.method), indent=1) + "\n"
             write_output(path, option, lambda temporary, text=payload: temporary.write_text(text, encoding="utf-8"))
@@ -344,7 +361,10 @@ def build_parser() -> argparse.ArgumentParser:
     attribute.add_argument("--max-new-tokens", type=int, default=8, help="tokens to generate (greedy)")
     attribute.add_argument("--attributed-fn", default=None, help="step function to attribute (default: probability)")
     attribute.add_argument("--step-scores", nargs="*", default=[], help="step scores to add, e.g. probability")
-    attribute.add_argument("--html", default=None, help="write inseq's HTML heatmap to this file")
+    attribute.add_argument(
+        "--html", default=None, help="write the interactive explorer (one offline HTML file) to this file"
+    )
+    attribute.add_argument("--heatmap-html", default=None, help="write inseq's static HTML heatmap to this file")
     attribute.add_argument("--json", default=None, help="write the aggregated heatmap as plain JSON to this file")
     attribute.add_argument(
         "--save", default=None, help="write inseq's own format (FeatureAttributionOutput.save) to this file"
