@@ -86,9 +86,7 @@ def _set_template(tokenizer: Any, template: str, add_role_tokens: bool) -> None:
     if add_role_tokens:
         missing = [marker for marker in ROLE_MARKERS if marker not in tokenizer.get_vocab()]
         if missing:
-            tokenizer.add_special_tokens(
-                {"additional_special_tokens": missing}, replace_additional_special_tokens=False
-            )
+            tokenizer.add_tokens(missing, special_tokens=True)
     tokenizer.chat_template = template
 
 
