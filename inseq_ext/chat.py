@@ -41,14 +41,18 @@ logger = logging.getLogger(__name__)
 
 Conversation = Sequence[Mapping[str, str]]
 
-# A minimal chat template (Zephyr-like layout): "<|role|>", a line break, the content, the end-of-sequence token,
-# a line break; the answer follows "<|assistant|>" and a line break. The role markers are plain text by default, so
-# any tokenizer and model can use it without a vocabulary change (see ensure_chat_template).
 SIMPLE_CHAT_TEMPLATE = (
     "{{ bos_token }}{% for message in messages %}<|{{ message['role'] }}|>\n{{ message['content'] }}{{ eos_token }}\n"
     "{% endfor %}{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
 )
+"""A minimal chat template (Zephyr-like layout) for tokenizers that have none.
+
+Each message is ``<|role|>``, a line break, the content, the end-of-sequence token and a line break; the answer
+follows ``<|assistant|>`` and a line break. The role markers are plain text unless added as tokens (see
+:func:`ensure_chat_template`), so any tokenizer and model can use it without a vocabulary change.
+"""
 ROLE_MARKERS = ("<|system|>", "<|user|>", "<|assistant|>")
+"""The role markers :data:`SIMPLE_CHAT_TEMPLATE` writes for the usual roles."""
 
 
 def ensure_chat_template(tokenizer: Any, template: str = SIMPLE_CHAT_TEMPLATE, add_role_tokens: bool = False) -> Any:
@@ -433,11 +437,17 @@ def data_block_scores(
     character is on the line); labels are the lines' texts. See :func:`data_block_lines` for the block's extent.
 
     Args:
-        output, tokenizer, messages, sequence, select, aggregate_fn, add_generation_prompt, chat_template_kwargs:
-            As for :func:`chat_message_scores`.
+        output: The output of :func:`attribute_chat` (or one of its sequence attributions).
+        tokenizer: The model's tokenizer (or the inseq model).
+        messages: The conversation that was attributed (sequence ``sequence`` of the output).
         marker: The text opening the block.
         message: The message holding the block: its index or its role; default the first message containing
             ``marker``.
+        sequence: Which sequence of the output.
+        select: Layer/head for multi-dimensional methods (see :func:`inseq_ext.granularity.to_2d`).
+        aggregate_fn: How a line's tokens merge: ``"nansum"`` (default), ``"nanmean"``, or an inseq function.
+        add_generation_prompt: As given to :func:`attribute_chat`.
+        chat_template_kwargs: As given to :func:`attribute_chat`.
 
     Raises:
         ValueError: When no (chosen) message contains the block, or as :func:`chat_message_scores`.
@@ -459,12 +469,9 @@ def data_block_scores(
         where = "the conversation" if message is None else f"message {message!r}"
         raise ValueError(f"No {marker} block in {where}; write the data lines after a {marker!r} line.")
     lines = data_block_lines(holder.text, marker)
-    texts, shift = _prompt_token_texts(
-        getattr(tokenizer, "tokenizer", tokenizer),
-        render_chat(
-            getattr(tokenizer, "tokenizer", tokenizer), messages, add_generation_prompt, **(chat_template_kwargs or {})
-        ),
-    )
+    hf_tokenizer = getattr(tokenizer, "tokenizer", tokenizer)
+    prompt = render_chat(hf_tokenizer, messages, add_generation_prompt, **(chat_template_kwargs or {}))
+    texts, shift = _prompt_token_texts(hf_tokenizer, prompt)
     offset = holder.start + shift
     token_spans = char_spans_to_token_spans(texts, [(offset + low, offset + high) for low, high in lines])
     labels = [holder.text[low:high] for low, high in lines]
