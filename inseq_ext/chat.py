@@ -153,7 +153,9 @@ def attribute_chat(
             raise ValueError(f"Give one answer string per conversation: {len(prompts)} expected, got {answers!r}.")
         for prompt, answer in zip(prompts, answers, strict=True):
             prompt_ids = tokenizer(prompt).input_ids
-            if tokenizer(prompt + answer).input_ids[: len(prompt_ids)] != prompt_ids:
+            full_ids = tokenizer(prompt + answer).input_ids
+            _check_length(tokenizer, len(full_ids))
+            if full_ids[: len(prompt_ids)] != prompt_ids:
                 raise ValueError(
                     f"The answer {answer!r} merges with the end of the prompt when tokenized; start it differently "
                     "(e.g. without a leading space)."
@@ -167,6 +169,7 @@ def attribute_chat(
     generated = []
     for prompt in prompts:
         encoded = tokenizer(prompt, return_tensors="pt").to(model.device)
+        _check_length(tokenizer, encoded.input_ids.shape[1] + 1)
         with torch.no_grad():
             sequences = model.model.generate(**encoded, **(generation_args or {}))
         prompt_ids = encoded.input_ids[0].tolist()
@@ -179,8 +182,19 @@ def attribute_chat(
                 "inseq attributes its re-tokenization of %r.",
                 continuation,
             )
+        _check_length(tokenizer, len(prompt_ids) + len(new_ids))
         generated.append(full_text)
     return model.attribute(prompts, generated, skip_special_tokens=False, **attribute_kwargs)
+
+
+def _check_length(tokenizer: Any, length: int) -> None:
+    # inseq truncates its inputs to model_max_length, which would silently cut the answer off the attribution.
+    limit = getattr(tokenizer, "model_max_length", None)
+    if isinstance(limit, int) and length > limit:
+        raise ValueError(
+            f"The chat prompt with its answer is {length} tokens, over the tokenizer's model_max_length of {limit}; "
+            "shorten the conversation or the answer."
+        )
 
 
 @dataclass(frozen=True)

@@ -117,6 +117,14 @@ def test_forced_answer_is_attributed(support_model, support_output):
     assert [tok.id for tok in seq.target[seq.attr_pos_start :]] == answer_ids
     with pytest.raises(ValueError, match="one answer string per conversation"):
         attribute_chat(support_model, SUPPORT_CHAT, answers=[ANSWER, ANSWER])
+    # inseq would truncate a text over model_max_length and cut the answer off: refused instead.
+    tokenizer = support_model.tokenizer
+    limit, tokenizer.model_max_length = tokenizer.model_max_length, 128
+    try:
+        with pytest.raises(ValueError, match="is 1[0-9]{2} tokens, over the tokenizer's model_max_length of 128"):
+            attribute_chat(support_model, SUPPORT_CHAT, answers=ANSWER + " " + ANSWER, show_progress=False)
+    finally:
+        tokenizer.model_max_length = limit
 
 
 def test_message_scores_are_sums_of_their_tokens(support_model, support_output):
