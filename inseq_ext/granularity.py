@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 from inseq.data import FeatureAttributionOutput, FeatureAttributionSequenceOutput
-from inseq.data.aggregation_functions import AggregationFunction
+from inseq.data.aggregation_functions import DEFAULT_ATTRIBUTION_AGGREGATE_DICT, AggregationFunction
 from inseq.data.attribution import MultiDimensionalFeatureAttributionSequenceOutput
 
 GRANULARITIES = ("token", "word", "sentence", "line", "paragraph")
@@ -412,12 +412,19 @@ def merge_token_spans(
     merged._dict_aggregate_fn = copy.deepcopy(seq._dict_aggregate_fn)
     for field in ("source_attributions", "target_attributions"):
         merged._dict_aggregate_fn.setdefault(field, {})["spans"] = aggregate_fn
-    # Single-token spans are no-ops for inseq's span aggregator; pass only the merges.
-    return merged.aggregate(
-        "spans",
-        source_spans=[tuple(span) for span in source_spans if span[1] - span[0] > 1],
-        target_spans=[tuple(span) for span in target_spans if span[1] - span[0] > 1],
-    )
+    # inseq 0.7.1 writes every new output's aggregation functions into its module-level defaults (and shares that
+    # dict between outputs): without the restore, "nansum" would become every later span aggregation's default.
+    saved_defaults = copy.deepcopy(DEFAULT_ATTRIBUTION_AGGREGATE_DICT)
+    try:
+        # Single-token spans are no-ops for inseq's span aggregator; pass only the merges.
+        return merged.aggregate(
+            "spans",
+            source_spans=[tuple(span) for span in source_spans if span[1] - span[0] > 1],
+            target_spans=[tuple(span) for span in target_spans if span[1] - span[0] > 1],
+        )
+    finally:
+        DEFAULT_ATTRIBUTION_AGGREGATE_DICT.clear()
+        DEFAULT_ATTRIBUTION_AGGREGATE_DICT.update(saved_defaults)
 
 
 def merged_index(spans: Sequence[tuple[int, int]], position: int) -> int:
