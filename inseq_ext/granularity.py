@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 from inseq.data import FeatureAttributionOutput, FeatureAttributionSequenceOutput
-from inseq.data.aggregation_functions import AggregationFunction
+from inseq.data.aggregation_functions import DEFAULT_ATTRIBUTION_AGGREGATE_DICT, AggregationFunction
 from inseq.data.attribution import MultiDimensionalFeatureAttributionSequenceOutput
 
 GRANULARITIES = ("token", "word", "sentence", "line", "paragraph")
@@ -395,16 +395,63 @@ def aggregate_sequence(
     if granularity == "token":
         return flat
     source_groups, target_groups, _, _ = sequence_groups(flat, granularity, tokenizer)
-    flat = copy.copy(flat)
-    flat._dict_aggregate_fn = copy.deepcopy(flat._dict_aggregate_fn)
+    return merge_token_spans(flat, source_groups, target_groups, aggregate_fn)
+
+
+def merge_token_spans(
+    seq: FeatureAttributionSequenceOutput,
+    source_spans: Sequence[tuple[int, int]] = (),
+    target_spans: Sequence[tuple[int, int]] = (),
+    aggregate_fn: str = "nansum",
+) -> FeatureAttributionSequenceOutput:
+    """Merge contiguous ``(start, end)`` token spans (sorted, non-overlapping) with inseq's ``"spans"`` aggregator.
+
+    ``seq`` must hold one score per token pair (see :func:`to_2d`); merged cells get ``aggregate_fn``.
+    """
+    merged = copy.copy(seq)
+    merged._dict_aggregate_fn = copy.deepcopy(seq._dict_aggregate_fn)
     for field in ("source_attributions", "target_attributions"):
-        flat._dict_aggregate_fn.setdefault(field, {})["spans"] = aggregate_fn
-    # Single-token spans are no-ops for inseq's span aggregator; pass only the merges.
-    return flat.aggregate(
-        "spans",
-        source_spans=[span for span in source_groups if span[1] - span[0] > 1],
-        target_spans=[span for span in target_groups if span[1] - span[0] > 1],
-    )
+        merged._dict_aggregate_fn.setdefault(field, {})["spans"] = aggregate_fn
+    # inseq 0.7.1 writes every new output's aggregation functions into its module-level defaults (and shares that
+    # dict between outputs): without the restore, "nansum" would become every later span aggregation's default.
+    saved_defaults = copy.deepcopy(DEFAULT_ATTRIBUTION_AGGREGATE_DICT)
+    try:
+        # Single-token spans are no-ops for inseq's span aggregator; pass only the merges.
+        return merged.aggregate(
+            "spans",
+            source_spans=[tuple(span) for span in source_spans if span[1] - span[0] > 1],
+            target_spans=[tuple(span) for span in target_spans if span[1] - span[0] > 1],
+        )
+    finally:
+        DEFAULT_ATTRIBUTION_AGGREGATE_DICT.clear()
+        DEFAULT_ATTRIBUTION_AGGREGATE_DICT.update(saved_defaults)
+
+
+def merged_index(spans: Sequence[tuple[int, int]], position: int) -> int:
+    """Index, after :func:`merge_token_spans` merged ``spans``, of the unit holding token ``position``."""
+    first = next((start for start, end in spans if start <= position < end), position)
+    return first - sum(end - start - 1 for start, end in spans if end <= first)
+
+
+def char_spans_to_token_spans(
+    texts: Sequence[str], char_spans: Sequence[tuple[int, int]]
+) -> list[tuple[int, int] | None]:
+    """Token ``(start, end)`` of each character span of the text ``"".join(texts)``; ``None`` when no token is in it.
+
+    As in :func:`group_tokens`, a token belongs where its first non-blank character is; blank tokens belong
+    nowhere. ``char_spans`` must be sorted and non-overlapping.
+    """
+    firsts: list[int | None] = []
+    offset = 0
+    for piece in texts:
+        blank = len(piece) - len(piece.lstrip())
+        firsts.append(None if blank == len(piece) else offset + blank)
+        offset += len(piece)
+    result: list[tuple[int, int] | None] = []
+    for low, high in char_spans:
+        inside = [idx for idx, first in enumerate(firsts) if first is not None and low <= first < high]
+        result.append((inside[0], inside[-1] + 1) if inside else None)
+    return result
 
 
 def aggregate_granularity(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import inseq
 import pytest
 import torch
@@ -281,3 +283,18 @@ def test_multibyte_text_round_trips_with_and_without_the_tokenizer(tiny_models):
     assert words == ["Un", "caf\u00e9", "\u2615,", "s'il", "vous", "pla\u00eet", ".", "Fin", "."]
     paragraphs = ["".join(from_strings[a:b]).strip() for a, b in group_tokens(from_strings, "paragraph")]
     assert paragraphs == ["Un caf\u00e9 \u2615, s'il vous pla\u00eet.", "Fin."]
+
+
+def test_word_merging_leaves_inseq_span_defaults_alone(forced_output):
+    """inseq shares its default aggregation dict between outputs; merging with nansum must not change it."""
+    from inseq.data.aggregation_functions import DEFAULT_ATTRIBUTION_AGGREGATE_DICT
+
+    model, out = forced_output
+    before = copy.deepcopy(DEFAULT_ATTRIBUTION_AGGREGATE_DICT)
+    aggregate_granularity(out, "word", tokenizer=model.tokenizer)
+    assert DEFAULT_ATTRIBUTION_AGGREGATE_DICT == before
+    # A plain inseq span merge afterwards still keeps the score of largest magnitude (inseq's absmax).
+    seq = out.sequence_attributions[0].aggregate()
+    merged = seq.aggregate("spans", target_spans=[(1, 3)]).target_attributions
+    expected = seq.target_attributions[1:3].abs().max(0).values
+    assert torch.allclose(merged[1].abs(), expected, equal_nan=True)
