@@ -232,8 +232,13 @@ def run_attribute(args: argparse.Namespace) -> None:
     for option, path in outputs:
         if option == "--html":
             title = f"inseq_ext explorer: {args.method} on {label}"
-            tokenizer = attribution_model.tokenizer
-            write_output(path, option, lambda temporary: write_explorer(out, temporary, tokenizer, title=title))
+            write_output(
+                path,
+                option,
+                lambda temporary, title=title: write_explorer(
+                    out, temporary, attribution_model.tokenizer, title=title
+                ),
+            )
         elif option == "--heatmap-html":
             write_output(path, option, lambda temporary: temporary.write_text(heatmap_html, encoding="utf-8"))
         elif option == "--json":
