@@ -1,7 +1,7 @@
 """Write a demo explorer and save a screenshot of it (for the README) with headless Chromium.
 
 Usage: ``python scripts/screenshot_explorer.py [--html out/explorer_demo.html] [--png docs/images/explorer.png]``.
-The model is a tiny GPT-2 with random weights (offline), so the colors show the mechanics, not meaning.
+The model is the embedded, trained demo GPT-2 (offline): the maps show what it relied on for its answers.
 """
 
 from __future__ import annotations
@@ -13,10 +13,9 @@ from pathlib import Path
 
 import inseq
 
-import inseq_ext  # noqa: F401  (registers the package's methods)
+import inseq_ext  # registers the package's methods
 from inseq_ext.explorer import write_explorer
 from inseq_ext.files import atomic_output
-from inseq_ext.tiny_models import build_model
 
 CHROMIUM_ARGS = [
     "--headless",
@@ -38,18 +37,19 @@ def main() -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     logging.getLogger("inseq").setLevel(logging.ERROR)
 
-    model, tokenizer = build_model("gpt2", hidden=64, layers=2, heads=4)
-    attribution_model = inseq.load_model(model, "custom_saliency", tokenizer=tokenizer)
-    prompts = ["The first president of America is", "Hello ladies and"]
-    forced = [
-        "The first president of America is George Washington. He was born in America.",
-        "Hello ladies and gentlemen, I am a member of the Board.",
+    attribution_model = inseq.load_model(inseq_ext.demo_model("gpt2"), "custom_saliency")
+    prompts = [
+        "The first president of America is",
+        "Review: the acting was superb, the film is about a king, it was shown at the library. Sentiment:",
     ]
+    generation = {"max_new_tokens": 4, "do_sample": False}
     outputs = [
-        attribution_model.attribute(prompts, forced, show_progress=False, step_scores=["probability"]),
-        attribution_model.attribute(prompts[0], forced[0], method="block_gradient_x_input", show_progress=False),
+        attribution_model.attribute(prompts, generation_args=generation, show_progress=False),
+        attribution_model.attribute(
+            prompts[0], generation_args=generation, method="block_gradient_x_input", show_progress=False
+        ),
     ]
-    write_explorer(outputs, args.html, title="inseq_ext explorer (tiny random GPT-2)")
+    write_explorer(outputs, args.html, tokenizer=attribution_model, title="inseq_ext explorer (demo GPT-2)")
 
     from playwright.sync_api import sync_playwright
 
