@@ -43,12 +43,18 @@ def leftover_files(folder: Path) -> list[str]:
 def happy_run(tmp_path_factory):
     """One full ``attribute`` run writing all three files (shared by the happy-path checks)."""
     folder = tmp_path_factory.mktemp("cli")
-    paths = {"html": folder / "map.html", "json": folder / "map.json", "save": folder / "sub" / "out.json"}
+    paths = {
+        "html": folder / "map.html",
+        "heatmap": folder / "heatmap.html",
+        "json": folder / "map.json",
+        "save": folder / "sub" / "out.json",
+    }
     # capsys is function-scoped; this module-scoped run captures by hand.
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         status = cli.main(
-            ["attribute", PROMPT, "--max-new-tokens", "8", "--html", str(paths["html"]), "--json",
+            ["attribute", PROMPT, "--max-new-tokens", "8", "--html", str(paths["html"]), "--heatmap-html",
+             str(paths["heatmap"]), "--json",
              str(paths["json"]), "--save", str(paths["save"]), "--step-scores", "probability"]
         )  # fmt: skip
     return status, out.getvalue(), err.getvalue(), paths
@@ -68,7 +74,10 @@ def test_attribute_writes_html_json_and_inseq_format(happy_run):
     status, _, _, paths = happy_run
     assert status == 0
     html = paths["html"].read_text(encoding="utf-8")
-    assert "<" in html and "Washington" in html
+    # --html is the interactive explorer: one offline file whose embedded data holds the generation.
+    assert 'id="explorer-data"' in html and "Washington" in html
+    assert "http://" not in html and "https://" not in html
+    assert "Washington" in paths["heatmap"].read_text(encoding="utf-8")  # inseq's static heatmap
     payload = json.loads(paths["json"].read_text(encoding="utf-8"))
     assert payload["method"] == "custom_saliency"
     sequence = payload["sequences"][0]
@@ -83,7 +92,7 @@ def test_attribute_writes_html_json_and_inseq_format(happy_run):
     assert loaded.info["generated_texts"] == [PROMPT + " George Washington."]
     assert loaded.sequence_attributions[0].target_attributions is not None
     # No temporary files left beside the outputs.
-    assert leftover_files(paths["html"].parent) == ["map.html", "map.json", "sub"]
+    assert leftover_files(paths["html"].parent) == ["heatmap.html", "map.html", "map.json", "sub"]
     assert leftover_files(paths["save"].parent) == ["out.json"]
 
 
