@@ -170,8 +170,12 @@ def evaluate(
 
 
 def markdown_table(results: Sequence[GroundTruthResult]) -> str:
-    """A Markdown table: one row per (model, method), top-1 hit rate per task and overall, in percent."""
-    tasks = [task for task in TASKS if any(task in result.per_task for result in results)]
+    """A Markdown table: one row per (model, method), top-1 hit rate per task and overall, in percent.
+
+    The columns are the keys of the results' ``per_task`` in order of appearance (the tasks of the causal demo
+    models, or the word classes of the translation model's alignment accuracy).
+    """
+    tasks = list(dict.fromkeys(task for result in results for task in result.per_task))
     header = ["model", "method", *tasks, "overall", "probes"]
     lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
     for result in results:
