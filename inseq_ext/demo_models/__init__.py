@@ -1,8 +1,9 @@
 """Small demo models shipped with the package: really trained, loadable offline.
 
-Each sub-folder (``gpt2``, ``llama``, ``translation``) holds a ``transformers`` model (``config.json``, ``model.safetensors``), its
-tokenizer, ``training_report.json`` (held-out accuracy per task) and ``probes.json`` (prompts whose answer depends on
-a known prompt token; for ``translation``, sentences with the source word aligned to each target word).
+Each sub-folder (``gpt2``, ``llama``, ``translation``) holds a ``transformers`` model (``config.json``,
+``model.safetensors``), its tokenizer, ``training_report.json`` (held-out accuracy per task) and ``probes.json``
+(prompts whose answer depends on a known prompt token; for ``translation``, sentences with the source word aligned
+to each target word).
 ``scripts/train_demo_models.py`` regenerates them.
 
 >>> import inseq, inseq_ext
@@ -50,9 +51,9 @@ def demo_probes(name: str = "gpt2") -> list[dict[str, Any]]:
     For ``"translation"``, each entry has ``source``, ``target`` (the reference translation), ``source_tokens``
     (special tokens included), ``target_words``, ``alignment`` (per target word, the index into ``source_tokens``
     of its source word) and ``word_classes`` (``det``, ``noun``, ``adj``, ``verb``, ``adv`` or ``punct``).
-    For the other models, each entry has ``task``, ``prompt``, ``answer``, ``answer_first_token``, ``prompt_tokens`` (the model's tokens
-    of the prompt, special tokens included), ``truth_positions`` (indices into ``prompt_tokens`` of the tokens that
-    determine the first answer token) and ``truth_words``.
+    For the other models, each entry has ``task``, ``prompt``, ``answer``, ``answer_first_token``,
+    ``prompt_tokens`` (the model's tokens of the prompt, special tokens included), ``truth_positions`` (indices into
+    ``prompt_tokens`` of the tokens that determine the first answer token) and ``truth_words``.
     """
     return json.loads((Path(demo_model(name)) / "probes.json").read_text(encoding="utf-8"))
 
