@@ -71,6 +71,14 @@ def test_probes_match_tokenizer_and_lexicon(translation_pair):
         for word, position in zip(probe["target_words"], probe["alignment"], strict=True):
             assert lexicon.get(probe["source_tokens"][position], ".") == word
         assert sorted(probe["alignment"]) == list(range(1, len(probe["source_tokens"]) - 1))
+        # The invented grammar: [ADV] DET NOUN [ADJ] DET NOUN [ADJ] VERB .
+        without_adjectives = [c for c in probe["word_classes"] if c != "adj"]
+        adverb = ["adv"] if "adv" in without_adjectives else []
+        assert without_adjectives == adverb + ["det", "noun", "det", "noun", "verb", "punct"]
+        for index, word_class in enumerate(probe["word_classes"]):
+            if word_class == "adj":  # after its noun in the target, before it in the source
+                assert probe["word_classes"][index - 1] == "noun"
+                assert probe["alignment"][index] == probe["alignment"][index - 1] - 1
     # Reordering really happens (otherwise the alignment would be the diagonal).
     assert any(probe["alignment"] != sorted(probe["alignment"]) for probe in demo_probes(NAME))
 
@@ -102,3 +110,11 @@ def test_ground_truth_cli_translation(capsys, tmp_path):
     assert "| model | method | det | noun |" in out
     assert "| translation | `attention` |" in out and "| translation | random baseline |" in out
     assert table_path.read_text(encoding="utf-8") in out
+
+
+def test_evaluate_dispatches_translation_to_alignment_accuracy():
+    from inseq_ext.ground_truth import evaluate
+
+    (result,) = evaluate(models=["translation"], methods=[RANDOM_BASELINE], per_task=3)
+    assert result.model == "translation" and result.probes == 3
+    assert set(result.per_task) <= {"det", "noun", "adj", "verb", "adv"}
