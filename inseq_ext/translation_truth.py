@@ -74,6 +74,11 @@ def top_source_positions(
     source_tokens = [token.token for token in sequence.source]
     if source_tokens != probe["source_tokens"]:
         raise ValueError(f"inseq tokenized {probe['source']!r} differently from probes.json: {source_tokens}")
+    # Columns of source_attributions are the target tokens from attr_pos_start on: "<s>", the words, "</s>".
+    generated = [token.token for token in sequence.target][sequence.attr_pos_start :]
+    words = generated[FIRST_WORD_STEP : FIRST_WORD_STEP + len(probe["target_words"])]
+    if words != probe["target_words"]:
+        raise ValueError(f"inseq tokenized the target {probe['target']!r} unexpectedly: {generated}")
     special = set(attribution_model.tokenizer.all_special_tokens)
     candidates = source_candidates(probe, special)
     scores = sequence.source_attributions.abs().nan_to_num(nan=-math.inf)
