@@ -34,7 +34,7 @@ import torch
 
 import inseq_ext  # noqa: F401  (registers this package's methods and step functions in inseq)
 
-from .demo_models import DEMO_MODEL_NAMES, demo_model
+from .demo_models import DEMO_MODEL_NAMES, ENCODER_DECODER_DEMO_MODEL_NAMES, demo_model
 from .explorer import write_explorer
 from .files import atomic_output
 
@@ -252,21 +252,26 @@ def run_attribute(args: argparse.Namespace) -> None:
 def run_ground_truth(args: argparse.Namespace) -> None:
     """``inseq-ext ground-truth``: hit rates of methods on the demo models' probe sets, as a Markdown table."""
     from .ground_truth import evaluate_model, markdown_table
+    from .translation_truth import evaluate_translation
 
     if args.markdown is not None:
         check_writable(Path(args.markdown), "--markdown")
-    results = []
+    results, alignment_results = [], []
     for name in args.models:
         for method in args.methods:
             try:
-                result = evaluate_model(name, [method], args.per_task)[0]
+                if name in ENCODER_DECODER_DEMO_MODEL_NAMES:  # alignment accuracy per target word; one task
+                    result = evaluate_translation([method], args.per_task, name)[0]
+                else:
+                    result = evaluate_model(name, [method], args.per_task)[0]
             except ValueError as error:
                 raise CLIError(str(error)) from None
             # Progress on stderr (a full run takes minutes); the table goes to stdout.
             print(f"{name} {method}: {result.overall:.0%} of {result.probes} probes, {result.seconds:.1f} s",
                   file=sys.stderr, flush=True)  # fmt: skip
-            results.append(result)
-    table = markdown_table(results)
+            (alignment_results if name in ENCODER_DECODER_DEMO_MODEL_NAMES else results).append(result)
+    # Tasks and word classes are different columns: one table each.
+    table = "\n".join(markdown_table(group) for group in (results, alignment_results) if group)
     print(table, end="")
     if args.markdown is not None:
         write_output(
@@ -381,13 +386,17 @@ def build_parser() -> argparse.ArgumentParser:
     from .ground_truth import DEFAULT_METHODS
 
     ground_truth = commands.add_parser(
-        "ground-truth", help="how often each method's top-scored prompt token is the true source (demo models)"
+        "ground-truth",
+        help="how often each method's top-scored prompt token is the true source (demo models; for translation: "
+        "the aligned source word of each target word)",
     )
     ground_truth.add_argument("--models", nargs="+", default=list(DEMO_MODEL_NAMES), choices=DEMO_MODEL_NAMES)
     ground_truth.add_argument(
         "--methods", nargs="+", default=list(DEFAULT_METHODS), help="methods to compare; 'random' is the baseline"
     )
-    ground_truth.add_argument("--per-task", type=int, default=None, help="probes per task (default: all)")
+    ground_truth.add_argument(
+        "--per-task", type=int, default=None, help="probes per task; translation: sentences (default: all)"
+    )
     ground_truth.add_argument("--markdown", default=None, help="also write the table to this file")
     ground_truth.set_defaults(handler=run_ground_truth)
 

@@ -25,6 +25,8 @@ logger = logging.getLogger(__name__)
 MODEL_ENV_VAR = "INSEQ_EXT_NOTEBOOK_MODEL"
 # Size of the random fallback: big enough for layer/head plots to have some structure, still instant on a CPU.
 RANDOM_MODEL_SIZE = {"hidden": 64, "layers": 4, "heads": 4}
+# Demo families whose random stand-in has another architecture name: the translation model is a BART.
+RANDOM_ARCHITECTURE_OF_FAMILY = {"translation": "bart"}
 
 
 def load_example_model(
@@ -36,8 +38,9 @@ def load_example_model(
         method: Attribution method name (``"custom_saliency"``, ``"rotary_attention"``, inseq's ``"saliency"``...).
         model: Hub name or local folder; ``None`` or ``""`` reads ``INSEQ_EXT_NOTEBOOK_MODEL``, and when that is
             unset too, the demo or random model of ``family`` is used.
-        family: Architecture of the demo / random model: ``"gpt2"`` or ``"llama"`` (rotary positions, needed by
-            ``rotary_attention`` to differ from plain attention scores); the random fallback also takes the other
+        family: Architecture of the demo / random model: ``"gpt2"``, ``"llama"`` (rotary positions, needed by
+            ``rotary_attention`` to differ from plain attention scores) or ``"translation"`` (the encoder-decoder
+            demo model; its random stand-in is a tiny BART); the random fallback also takes the other
             :data:`inseq_ext.tiny_models.ARCHITECTURES`.
         **load_kwargs: Passed to ``inseq.load_model`` (e.g. ``device=``, method options).
 
@@ -58,9 +61,11 @@ def load_example_model(
     else:
         from .tiny_models import ARCHITECTURES, build_model
 
-        if family not in ARCHITECTURES:
-            raise ValueError(f"Unknown model family {family!r}; choose one of {', '.join(ARCHITECTURES)}.")
-        hf_model, tokenizer = build_model(family, **RANDOM_MODEL_SIZE)
+        architecture = RANDOM_ARCHITECTURE_OF_FAMILY.get(family, family)
+        if architecture not in ARCHITECTURES:
+            choices = ", ".join([*ARCHITECTURES, *RANDOM_ARCHITECTURE_OF_FAMILY])
+            raise ValueError(f"Unknown model family {family!r}; choose one of {choices}.")
+        hf_model, tokenizer = build_model(architecture, **RANDOM_MODEL_SIZE)
         attribution_model = inseq.load_model(hf_model, method, tokenizer=tokenizer, **load_kwargs)
         description = f"tiny {family} with random weights (mechanics only: the scores mean nothing)"
         logger.warning("No model named and no demo model shipped: using a %s.", description)

@@ -25,7 +25,7 @@ import inseq
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from .demo_models import DEMO_MODEL_NAMES, demo_model, demo_probes
+from .demo_models import DEMO_MODEL_NAMES, ENCODER_DECODER_DEMO_MODEL_NAMES, demo_model, demo_probes
 
 RANDOM_BASELINE = "random"
 DEFAULT_METHODS = (
@@ -165,13 +165,29 @@ def evaluate_model(
 def evaluate(
     models: Sequence[str] = DEMO_MODEL_NAMES, methods: Sequence[str] = DEFAULT_METHODS, per_task: int | None = None
 ) -> list[GroundTruthResult]:
-    """:func:`evaluate_model` for each demo model in ``models``."""
-    return [result for name in models for result in evaluate_model(name, methods, per_task)]
+    """:func:`evaluate_model` for each demo model in ``models``.
+
+    The encoder-decoder demo model (``"translation"``) is scored by its alignment accuracy instead
+    (:func:`inseq_ext.translation_truth.evaluate_translation`, ``per_task`` sentences).
+    """
+    from .translation_truth import evaluate_translation  # it builds on this module
+
+    results = []
+    for name in models:
+        if name in ENCODER_DECODER_DEMO_MODEL_NAMES:
+            results += evaluate_translation(methods, per_task, name)
+        else:
+            results += evaluate_model(name, methods, per_task)
+    return results
 
 
 def markdown_table(results: Sequence[GroundTruthResult]) -> str:
-    """A Markdown table: one row per (model, method), top-1 hit rate per task and overall, in percent."""
-    tasks = [task for task in TASKS if any(task in result.per_task for result in results)]
+    """A Markdown table: one row per (model, method), top-1 hit rate per task and overall, in percent.
+
+    The columns are the keys of the results' ``per_task`` in order of appearance (the tasks of the causal demo
+    models, or the word classes of the translation model's alignment accuracy).
+    """
+    tasks = list(dict.fromkeys(task for result in results for task in result.per_task))
     header = ["model", "method", *tasks, "overall", "probes"]
     lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
     for result in results:

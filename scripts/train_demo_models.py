@@ -15,7 +15,8 @@ per model into ``inseq_ext/demo_models/<name>/``: ``config.json``, ``model.safet
 ``training_report.json`` and ``probes.json`` (prompts with the expected answer and the ground-truth position of the
 source token of the answer).
 
-Usage: python scripts/train_demo_models.py [--models gpt2 llama] [--steps 3000] [--out inseq_ext/demo_models]
+Usage: python scripts/train_demo_models.py [--models gpt2 llama translation] [--steps 3000]
+       [--out inseq_ext/demo_models]
 """
 
 from __future__ import annotations
@@ -479,7 +480,9 @@ def probe_records(tokenizer: PreTrainedTokenizerFast, examples: list[Example]) -
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", nargs="+", default=["gpt2", "llama"], choices=["gpt2", "llama"])
+    parser.add_argument(
+        "--models", nargs="+", default=["gpt2", "llama", "translation"], choices=["gpt2", "llama", "translation"]
+    )
     parser.add_argument("--steps", type=int, default=2500, help="optimizer steps per model")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--lr", type=float, default=3e-3)
@@ -494,6 +497,14 @@ def main(argv: list[str] | None = None) -> None:
 
     torch.set_num_threads(args.threads)
     torch.use_deterministic_algorithms(True)
+    # The encoder-decoder translation model has its own corpus, sizes and training: scripts/demo_translation.py.
+    if "translation" in args.models:
+        from demo_translation import train_translation_model
+
+        train_translation_model(args.out)
+        args.models = [name for name in args.models if name != "translation"]
+        if not args.models:
+            return
     corpus = training_stream(args.steps * args.batch_size, SEED)
     texts = [example.text for example in corpus]
     fact_texts = [fact.text for fact in all_facts()]  # already in any corpus of useful size; listed for small ones

@@ -11,7 +11,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 import inseq_ext
-from inseq_ext.demo_models import DEMO_MODEL_NAMES, demo_probes, training_report
+from inseq_ext.demo_models import CAUSAL_DEMO_MODEL_NAMES, DEMO_MODEL_NAMES, demo_probes, training_report
 from inseq_ext.ground_truth import RANDOM_BASELINE, evaluate_model, markdown_table
 
 MAX_MODEL_BYTES = 10 * 1024 * 1024
@@ -19,9 +19,9 @@ MAX_MODEL_BYTES = 10 * 1024 * 1024
 
 @pytest.fixture(scope="module")
 def demo_pairs():
-    """``name -> (model, tokenizer)`` loaded from the package folders."""
+    """``name -> (model, tokenizer)`` of the decoder-only demo models, loaded from the package folders."""
     pairs = {}
-    for name in DEMO_MODEL_NAMES:
+    for name in CAUSAL_DEMO_MODEL_NAMES:
         directory = inseq_ext.demo_model(name)
         pairs[name] = (
             AutoModelForCausalLM.from_pretrained(directory).eval(),
@@ -67,7 +67,7 @@ def learned_tasks(name: str) -> list[str]:
     return [task for task, accuracy in training_report(name)["held_out_accuracy"].items() if accuracy >= 0.95]
 
 
-@pytest.mark.parametrize("name", DEMO_MODEL_NAMES)
+@pytest.mark.parametrize("name", CAUSAL_DEMO_MODEL_NAMES)
 def test_greedy_generation_answers_probes(demo_pairs, name):
     """The trained model continues a probe of every learned task with the expected answer (real generation)."""
     model, tokenizer = demo_pairs[name]
@@ -88,7 +88,7 @@ def test_greedy_generation_answers_probes(demo_pairs, name):
         assert tokenizer(text).input_ids == generated[0][: len(tokenizer(text).input_ids)].tolist()
 
 
-@pytest.mark.parametrize("name", DEMO_MODEL_NAMES)
+@pytest.mark.parametrize("name", CAUSAL_DEMO_MODEL_NAMES)
 def test_probe_set_accuracy_matches_report(demo_pairs, name):
     """Teacher-forced first answer token of every probe: the accuracy agrees with the training report's held-out
     accuracy (the probes are a sample of the held-out set), and learned tasks are (almost) always right."""
@@ -114,7 +114,7 @@ def test_probe_set_accuracy_matches_report(demo_pairs, name):
             assert accuracy >= 0.9, (task, accuracy)
 
 
-@pytest.mark.parametrize("name", DEMO_MODEL_NAMES)
+@pytest.mark.parametrize("name", CAUSAL_DEMO_MODEL_NAMES)
 def test_probe_ground_truth_positions(demo_pairs, name):
     _, tokenizer = demo_pairs[name]
     for probe in demo_probes(name):

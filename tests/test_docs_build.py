@@ -33,6 +33,8 @@ def test_docs_build_strictly(tmp_path):
         "inseq_ext.examples.load_example_model",
         "inseq_ext.chat.data_block_scores",
         "inseq_ext.chat.SIMPLE_CHAT_TEMPLATE",
+        "inseq_ext.translation_truth.evaluate_translation",
+        "inseq_ext.demo_models.demo_model",
     ):
         assert f'id="{anchor}"' in api, anchor
     assert "Kendall" in api  # a docstring formula citation made it through

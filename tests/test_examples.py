@@ -81,3 +81,15 @@ def test_demo_model_used_lazily_with_the_family(monkeypatch, saved_llama):
 def test_unknown_family_is_refused(no_demo_model):
     with pytest.raises(ValueError, match="Unknown model family 'gpt5'.*gpt2, llama"):
         load_example_model("saliency", family="gpt5")
+
+
+def test_translation_family_demo_model_and_random_stand_in(monkeypatch, no_demo_model):
+    """The translation family: its random stand-in is a tiny BART; with demo models, the trained encoder-decoder."""
+    model = load_example_model("saliency", family="translation")
+    assert model.is_encoder_decoder and model.model.config.model_type == "bart"
+    expected, _ = build_model("bart", hidden=64, layers=4, heads=4)
+    assert _same_weights(model.model, expected)
+    monkeypatch.undo()  # demo models back
+    model = load_example_model("saliency", family="translation")
+    assert model.example_description == "embedded demo model (translation)"
+    assert model.model.config.vocab_size == len(model.tokenizer) and model.is_encoder_decoder

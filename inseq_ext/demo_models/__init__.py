@@ -1,8 +1,10 @@
 """Small demo models shipped with the package: really trained, loadable offline.
 
-Each sub-folder (``gpt2``, ``llama``) holds a ``transformers`` model (``config.json``, ``model.safetensors``), its
-tokenizer, ``training_report.json`` (held-out accuracy per task) and ``probes.json`` (prompts whose answer depends on
-a known prompt token). ``scripts/train_demo_models.py`` regenerates them.
+Each sub-folder (``gpt2``, ``llama``, ``translation``) holds a ``transformers`` model (``config.json``,
+``model.safetensors``), its tokenizer, ``training_report.json`` (held-out accuracy per task) and ``probes.json``
+(prompts whose answer depends on a known prompt token; for ``translation``, sentences with the source word aligned
+to each target word).
+``scripts/train_demo_models.py`` regenerates them.
 
 >>> import inseq, inseq_ext
 >>> model = inseq.load_model(inseq_ext.demo_model("gpt2"), "custom_saliency")
@@ -14,7 +16,11 @@ import json
 from pathlib import Path
 from typing import Any
 
-DEMO_MODEL_NAMES = ("gpt2", "llama")
+# Decoder-only language models (answer a prompt) and the encoder-decoder translation model (English to an invented
+# language with a known word alignment, see scripts/demo_translation.py).
+CAUSAL_DEMO_MODEL_NAMES = ("gpt2", "llama")
+ENCODER_DECODER_DEMO_MODEL_NAMES = ("translation",)
+DEMO_MODEL_NAMES = CAUSAL_DEMO_MODEL_NAMES + ENCODER_DECODER_DEMO_MODEL_NAMES
 DEMO_MODELS_DIR = Path(__file__).resolve().parent
 
 
@@ -23,7 +29,8 @@ def demo_model(name: str = "gpt2") -> str:
 
     Args:
         name: ``"gpt2"`` (GPT-2 architecture, learned positions) or ``"llama"`` (Llama architecture: rotary
-            embeddings, grouped-query attention with 4 query and 2 key/value heads).
+            embeddings, grouped-query attention with 4 query and 2 key/value heads), both decoder-only, or
+            ``"translation"`` (BART encoder-decoder translating English into an invented language).
 
     Raises:
         ValueError: for an unknown name (the message lists the valid ones), or when the model files are missing.
@@ -41,9 +48,12 @@ def demo_model(name: str = "gpt2") -> str:
 def demo_probes(name: str = "gpt2") -> list[dict[str, Any]]:
     """The probe set of a demo model: prompts, expected answers and ground-truth source positions.
 
-    Each entry has ``task``, ``prompt``, ``answer``, ``answer_first_token``, ``prompt_tokens`` (the model's tokens
-    of the prompt, special tokens included), ``truth_positions`` (indices into ``prompt_tokens`` of the tokens that
-    determine the first answer token) and ``truth_words``.
+    For ``"translation"``, each entry has ``source``, ``target`` (the reference translation), ``source_tokens``
+    (special tokens included), ``target_words``, ``alignment`` (per target word, the index into ``source_tokens``
+    of its source word) and ``word_classes`` (``det``, ``noun``, ``adj``, ``verb``, ``adv`` or ``punct``).
+    For the other models, each entry has ``task``, ``prompt``, ``answer``, ``answer_first_token``,
+    ``prompt_tokens`` (the model's tokens of the prompt, special tokens included), ``truth_positions`` (indices into
+    ``prompt_tokens`` of the tokens that determine the first answer token) and ``truth_words``.
     """
     return json.loads((Path(demo_model(name)) / "probes.json").read_text(encoding="utf-8"))
 
