@@ -34,6 +34,8 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
+from inseq_ext.chat import ensure_chat_template
+
 SEED = 1234
 PAD, BOS, EOS, UNK = "<pad>", "<s>", "</s>", "<unk>"
 TASKS = ("facts", "sentiment", "lookup", "copy")
@@ -526,6 +528,9 @@ def main(argv: list[str] | None = None) -> None:
         model.generation_config.pad_token_id = tokenizer.pad_token_id
         model.generation_config.eos_token_id = tokenizer.eos_token_id
         model.save_pretrained(staging, safe_serialization=True)
+        # A plain-text chat template (role markers are ordinary text, no new tokens), so chat helpers and notebooks
+        # can render conversations for the demo models; the models were not trained on chats.
+        ensure_chat_template(tokenizer)
         tokenizer.save_pretrained(staging)
         report = {
             "model": name,
