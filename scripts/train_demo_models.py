@@ -15,7 +15,7 @@ per model into ``inseq_ext/demo_models/<name>/``: ``config.json``, ``model.safet
 ``training_report.json`` and ``probes.json`` (prompts with the expected answer and the ground-truth position of the
 source token of the answer).
 
-Usage: python scripts/train_demo_models.py [--models gpt2 llama] [--steps 3500] [--out inseq_ext/demo_models]
+Usage: python scripts/train_demo_models.py [--models gpt2 llama] [--steps 3000] [--out inseq_ext/demo_models]
 """
 
 from __future__ import annotations
@@ -221,34 +221,24 @@ def sentiment_example(rng: random.Random) -> Example:
     )
 
 
-def lookup_example(rng: random.Random, questions: int = 1) -> Example:
+def lookup_example(rng: random.Random) -> Example:
     """A [DATA] block of 3 services' hours, then a question on one service; the answer copies its opening hour.
 
     The prompt ends with the service name, which starts its data line (and appears nowhere else): finding the line
-    and copying the token after the name is the induction pattern small transformers learn. With ``questions`` > 1
-    (training texts only) the answer goes on with questions on other services of the block and their answers, so
-    one text trains the look-up several times; the prompt, its ground truth and the first answer are unchanged.
+    and copying the token after the name is the induction pattern small transformers learn quickly.
     """
     services = rng.sample(SERVICES, 3)
     hours = {service: (rng.choice(OPEN_HOURS), rng.choice(CLOSE_HOURS)) for service in services}
-    asked = rng.sample(services, questions)
+    asked = rng.choice(services)
     builder = PromptBuilder().add("[DATA]")
     for service in services:
         opens, closes = hours[service]
-        if service == asked[0]:
+        if service == asked:
             builder.add(f" {service}").add(f" {opens}", mark=str(opens)).add(f" to {closes}.")
         else:
             builder.add(f" {service} {opens} to {closes}.")
-    builder.add(f" [/DATA] Opening hour of the {asked[0]}")
-    answer = f" {hours[asked[0]][0]}." + "".join(
-        f" Opening hour of the {other} {hours[other][0]}." for other in asked[1:]
-    )
-    return Example("lookup", builder.text, answer, builder.marks, builder.marked)
-
-
-def lookup_training_example(rng: random.Random) -> Example:
-    """A look-up training text that asks about every service of its block, in random order."""
-    return lookup_example(rng, questions=3)
+    builder.add(f" [/DATA] Opening hour of the {asked}")
+    return Example("lookup", builder.text, f" {hours[asked][0]}.", builder.marks, builder.marked)
 
 
 def copy_example(rng: random.Random) -> Example:
@@ -264,10 +254,8 @@ def copy_example(rng: random.Random) -> Example:
 
 
 GENERATORS = {"sentiment": sentiment_example, "lookup": lookup_example, "copy": copy_example}
-TRAINING_GENERATORS = {**GENERATORS, "lookup": lookup_training_example}
-# Share of each task in the training stream (facts are few sentences, repeated). Look-up gets half: it needs an
-# induction circuit (two attention layers composed), the slowest of the four to form.
-MIXTURE = {"facts": 0.09, "sentiment": 0.15, "lookup": 0.5, "copy": 0.26}
+# Share of each task in the training stream (facts are few sentences, repeated).
+MIXTURE = {"facts": 0.12, "sentiment": 0.2, "lookup": 0.34, "copy": 0.34}
 
 
 def training_stream(count: int, seed: int) -> list[Example]:
@@ -278,12 +266,12 @@ def training_stream(count: int, seed: int) -> list[Example]:
     examples = []
     for _ in range(count):
         task = rng.choices(tasks, weights)[0]
-        examples.append(rng.choice(facts) if task == "facts" else TRAINING_GENERATORS[task](rng))
+        examples.append(rng.choice(facts) if task == "facts" else GENERATORS[task](rng))
     return examples
 
 
 def held_out(per_task: int, seed: int, exclude: set[str]) -> dict[str, list[Example]]:
-    """Fresh examples per task whose text and prompt are not in ``exclude`` (facts: all of them, see below).
+    """Fresh examples per task that never occur in the training texts ``exclude`` (facts: all of them, see below).
 
     Facts cannot be new: a fact the model never saw cannot be known. Their "held-out" score is recall of the
     trained facts, and is labelled so in the report.
@@ -295,7 +283,7 @@ def held_out(per_task: int, seed: int, exclude: set[str]) -> dict[str, list[Exam
         seen: set[str] = set()
         while len(found) < per_task:
             example = generate(rng)
-            if example.text not in exclude and example.prompt not in exclude and example.text not in seen:
+            if example.text not in exclude and example.text not in seen:
                 seen.add(example.text)
                 found.append(example)
         sets[task] = found
@@ -494,7 +482,7 @@ def probe_records(tokenizer: PreTrainedTokenizerFast, examples: list[Example]) -
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=["gpt2", "llama"], choices=["gpt2", "llama"])
-    parser.add_argument("--steps", type=int, default=3500, help="optimizer steps per model")
+    parser.add_argument("--steps", type=int, default=2500, help="optimizer steps per model")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--vocab-size", type=int, default=2048, help="upper bound; BPE stops once words are whole")
@@ -511,8 +499,7 @@ def main(argv: list[str] | None = None) -> None:
     corpus = training_stream(args.steps * args.batch_size, SEED)
     texts = [example.text for example in corpus]
     fact_texts = [fact.text for fact in all_facts()]  # already in any corpus of useful size; listed for small ones
-    # Training prompts are excluded too: a look-up training text asks several questions, so its prompt differs.
-    evaluation = held_out(args.held_out, SEED + 1, set(texts) | {example.prompt for example in corpus})
+    evaluation = held_out(args.held_out, SEED + 1, set(texts))
     probes_rng = random.Random(SEED + 2)
     probe_examples = [
         example
