@@ -37,11 +37,10 @@ import inseq_ext  # noqa: F401  (registers this package's methods and step funct
 from .demo_models import DEMO_MODEL_NAMES, ENCODER_DECODER_DEMO_MODEL_NAMES, demo_model
 from .explorer import write_explorer
 from .files import atomic_output
+from .ground_truth import EAGER_ATTENTION_METHODS
 
 PROG = "inseq-ext"
 DEMO_PREFIX = "demo:"
-# Methods that read attention weights, which PyTorch's fused (sdpa) attention does not return.
-EAGER_ATTENTION_METHODS = frozenset({"attention"})
 
 
 class CLIError(Exception):

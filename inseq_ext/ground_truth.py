@@ -34,10 +34,14 @@ DEFAULT_METHODS = (
     "input_x_gradient",
     "integrated_gradients",
     "attention",
+    "rotary_attention",
     "block_gradient_x_input",
     RANDOM_BASELINE,
 )
 TASKS = ("facts", "sentiment", "lookup", "copy")
+# Methods that read attention weights from ``output_attentions``, which PyTorch's fused (SDPA) attention does not
+# return; every other method (``rotary_attention`` included, which rebuilds the weights) runs on the SDPA model.
+EAGER_ATTENTION_METHODS = frozenset({"attention"})
 
 
 @dataclass
@@ -53,10 +57,16 @@ class GroundTruthResult:
     hits: list[float] = field(default_factory=list, repr=False)
 
 
-def load_for_evaluation(name: str) -> inseq.models.AttributionModel:
-    """A demo model wrapped by inseq, with eager attention so that the ``attention`` method can read the weights."""
+def load_for_evaluation(name: str, attn_implementation: str = "sdpa") -> inseq.models.AttributionModel:
+    """A demo model wrapped by inseq.
+
+    Args:
+        name: A demo model name.
+        attn_implementation: ``"eager"`` for methods that read ``output_attentions`` (inseq's ``attention``),
+            ``"sdpa"`` (the Hugging Face default a user gets) for the others.
+    """
     directory = demo_model(name)
-    model = AutoModelForCausalLM.from_pretrained(directory, attn_implementation="eager").eval()
+    model = AutoModelForCausalLM.from_pretrained(directory, attn_implementation=attn_implementation).eval()
     tokenizer = AutoTokenizer.from_pretrained(directory)
     return inseq.load_model(model, "saliency", tokenizer=tokenizer)
 
@@ -127,8 +137,7 @@ def evaluate_model(
     if per_task is not None and per_task < 1:
         raise ValueError(f"per_task must be a positive number of probes, got {per_task}.")
     probes = select_probes(demo_probes(name), per_task)
-    attribution_model = load_for_evaluation(name)
-    special = set(attribution_model.tokenizer.all_special_tokens)
+    loaded: dict[str, inseq.models.AttributionModel] = {}
     results = []
     inseq_logger = logging.getLogger("inseq")
     previous_level = inseq_logger.level
@@ -136,6 +145,11 @@ def evaluate_model(
     try:
         for method in methods:
             started = time.perf_counter()
+            implementation = "eager" if method in EAGER_ATTENTION_METHODS else "sdpa"
+            if implementation not in loaded:
+                loaded[implementation] = load_for_evaluation(name, implementation)
+            attribution_model = loaded[implementation]
+            special = set(attribution_model.tokenizer.all_special_tokens)
             if method == RANDOM_BASELINE:
                 hits = [random_hit(probe, special) for probe in probes]
             else:

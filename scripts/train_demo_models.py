@@ -35,6 +35,8 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
+from inseq_ext.chat import ensure_chat_template
+
 SEED = 1234
 PAD, BOS, EOS, UNK = "<pad>", "<s>", "</s>", "<unk>"
 TASKS = ("facts", "sentiment", "lookup", "copy")
@@ -424,7 +426,7 @@ def train(
         losses.append(loss.item())
         if step % 250 == 0 or step == steps - 1:
             print(f"  step {step:5d}  loss {sum(losses[-50:]) / len(losses[-50:]):.4f}", flush=True)
-        if monitor and step % 500 == 499:
+        if monitor and step % 250 == 249:
             model.eval()
             scores = {task: round(greedy_accuracy(model, tokenizer, sample), 3) for task, sample in monitor.items()}
             print(f"  step {step:5d}  accuracy on a held-out sample {scores}", flush=True)
@@ -537,6 +539,9 @@ def main(argv: list[str] | None = None) -> None:
         model.generation_config.pad_token_id = tokenizer.pad_token_id
         model.generation_config.eos_token_id = tokenizer.eos_token_id
         model.save_pretrained(staging, safe_serialization=True)
+        # A plain-text chat template (role markers are ordinary text, no new tokens), so chat helpers and notebooks
+        # can render conversations for the demo models; the models were not trained on chats.
+        ensure_chat_template(tokenizer)
         tokenizer.save_pretrained(staging)
         report = {
             "model": name,

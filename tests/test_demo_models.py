@@ -11,6 +11,8 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 import inseq_ext
+from inseq_ext import ground_truth
+from inseq_ext.chat import SIMPLE_CHAT_TEMPLATE
 from inseq_ext.demo_models import CAUSAL_DEMO_MODEL_NAMES, DEMO_MODEL_NAMES, demo_probes, training_report
 from inseq_ext.ground_truth import RANDOM_BASELINE, evaluate_model, markdown_table
 
@@ -146,3 +148,32 @@ def test_ground_truth_evaluation_small_subset():
 def test_ground_truth_rejects_unknown_method():
     with pytest.raises(ValueError, match="custom_saliency"):
         evaluate_model("gpt2", ["no_such_method"], per_task=1)
+
+
+@pytest.mark.parametrize("name", CAUSAL_DEMO_MODEL_NAMES)
+def test_demo_tokenizers_carry_a_chat_template(demo_pairs, name):
+    """The training script saves the plain-text chat template; it renders conversations after a reload."""
+    _, tokenizer = demo_pairs[name]
+    assert tokenizer.chat_template == SIMPLE_CHAT_TEMPLATE
+    messages = [{"role": "system", "content": "Answer from the data."}, {"role": "user", "content": "Hours?"}]
+    rendered = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    assert rendered == "<s><|system|>\nAnswer from the data.</s>\n<|user|>\nHours?</s>\n<|assistant|>\n"
+
+
+def test_ground_truth_attention_methods_use_their_attention_implementation(monkeypatch):
+    """inseq's attention reads eager weights; rotary_attention runs on the SDPA model and rebuilds the same weights,
+    so both pick the same top token on every probe."""
+    loaded = []
+    original = ground_truth.load_for_evaluation
+
+    def recording_load(name, attn_implementation="sdpa"):
+        model = original(name, attn_implementation)
+        loaded.append((attn_implementation, model.model.config._attn_implementation))
+        return model
+
+    monkeypatch.setattr(ground_truth, "load_for_evaluation", recording_load)
+    results = evaluate_model("llama", ["attention", "rotary_attention", "saliency"], per_task=2)
+    assert loaded == [("eager", "eager"), ("sdpa", "sdpa")]  # saliency reuses the SDPA model
+    by_method = {result.method: result for result in results}
+    assert by_method["attention"].hits == by_method["rotary_attention"].hits
+    assert "rotary_attention" in ground_truth.DEFAULT_METHODS
