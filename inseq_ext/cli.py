@@ -250,7 +250,7 @@ def run_attribute(args: argparse.Namespace) -> None:
 
 def run_ground_truth(args: argparse.Namespace) -> None:
     """``inseq-ext ground-truth``: hit rates of methods on the demo models' probe sets, as a Markdown table."""
-    from .ground_truth import evaluate_model, markdown_table
+    from .ground_truth import applies_to, evaluate_model, markdown_table
     from .translation_truth import evaluate_translation
 
     if args.markdown is not None:
@@ -258,6 +258,9 @@ def run_ground_truth(args: argparse.Namespace) -> None:
     results, alignment_results = [], []
     for name in args.models:
         for method in args.methods:
+            if not applies_to(method, name):
+                print(f"{name} {method}: skipped (a method for decoder-only models)", file=sys.stderr, flush=True)
+                continue
             try:
                 if name in ENCODER_DECODER_DEMO_MODEL_NAMES:  # alignment accuracy per target word; one task
                     result = evaluate_translation([method], args.per_task, name)[0]

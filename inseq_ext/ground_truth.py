@@ -42,6 +42,8 @@ TASKS = ("facts", "sentiment", "lookup", "copy")
 # Methods that read attention weights from ``output_attentions``, which PyTorch's fused (SDPA) attention does not
 # return; every other method (``rotary_attention`` included, which rebuilds the weights) runs on the SDPA model.
 EAGER_ATTENTION_METHODS = frozenset({"attention"})
+# Methods for decoder-only models: left out for the encoder-decoder demo model when several models are evaluated.
+DECODER_ONLY_METHODS = frozenset({"rotary_attention"})
 
 
 @dataclass
@@ -182,17 +184,24 @@ def evaluate(
     """:func:`evaluate_model` for each demo model in ``models``.
 
     The encoder-decoder demo model (``"translation"``) is scored by its alignment accuracy instead
-    (:func:`inseq_ext.translation_truth.evaluate_translation`, ``per_task`` sentences).
+    (:func:`inseq_ext.translation_truth.evaluate_translation`, ``per_task`` sentences), without the
+    :data:`DECODER_ONLY_METHODS`.
     """
     from .translation_truth import evaluate_translation  # it builds on this module
 
     results = []
     for name in models:
+        usable = [method for method in methods if applies_to(method, name)]
         if name in ENCODER_DECODER_DEMO_MODEL_NAMES:
-            results += evaluate_translation(methods, per_task, name)
+            results += evaluate_translation(usable, per_task, name)
         else:
-            results += evaluate_model(name, methods, per_task)
+            results += evaluate_model(name, usable, per_task)
     return results
+
+
+def applies_to(method: str, name: str) -> bool:
+    """Whether ``method`` can attribute demo model ``name`` (decoder-only methods skip encoder-decoders)."""
+    return not (name in ENCODER_DECODER_DEMO_MODEL_NAMES and method in DECODER_ONLY_METHODS)
 
 
 def markdown_table(results: Sequence[GroundTruthResult]) -> str:

@@ -103,10 +103,13 @@ def test_alignment_accuracy_beats_random_baseline():
 
 def test_ground_truth_cli_translation(capsys, tmp_path):
     table_path = tmp_path / "table.md"
-    status = cli_main(["ground-truth", "--models", "translation", "--methods", "attention", "random",
-                       "--per-task", "2", "--markdown", str(table_path)])  # fmt: skip
-    out = capsys.readouterr().out
+    status = cli_main(["ground-truth", "--models", "translation", "--methods", "attention", "rotary_attention",
+                       "random", "--per-task", "2", "--markdown", str(table_path)])  # fmt: skip
+    captured = capsys.readouterr()
+    out = captured.out
     assert status == 0
+    # rotary_attention is for decoder-only models: skipped with a note, not an error that ends the run.
+    assert "translation rotary_attention: skipped" in captured.err and "rotary_attention" not in out
     assert "| model | method | det | noun |" in out
     assert "| translation | `attention` |" in out and "| translation | random baseline |" in out
     assert table_path.read_text(encoding="utf-8") in out
@@ -115,6 +118,6 @@ def test_ground_truth_cli_translation(capsys, tmp_path):
 def test_evaluate_dispatches_translation_to_alignment_accuracy():
     from inseq_ext.ground_truth import evaluate
 
-    (result,) = evaluate(models=["translation"], methods=[RANDOM_BASELINE], per_task=3)
+    (result,) = evaluate(models=["translation"], methods=["rotary_attention", RANDOM_BASELINE], per_task=3)
     assert result.model == "translation" and result.probes == 3
     assert set(result.per_task) <= {"det", "noun", "adj", "verb", "adv"}
