@@ -17,7 +17,8 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -57,6 +58,44 @@ class GroundTruthResult:
     probes: int
     seconds: float
     hits: list[float] = field(default_factory=list, repr=False)
+
+
+@contextmanager
+def quiet_inseq_logging() -> Iterator[None]:
+    """Silence inseq's per-call log lines during an evaluation loop; the previous level comes back after."""
+    inseq_logger = logging.getLogger("inseq")
+    previous_level = inseq_logger.level
+    inseq_logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        inseq_logger.setLevel(previous_level)
+
+
+def summarize_hits(
+    model: str,
+    method: str,
+    hits: list[float],
+    groups: list[str],
+    group_order: Sequence[str],
+    probes: int,
+    started: float,
+) -> GroundTruthResult:
+    """Hit rate overall and per group (task or word class; ``groups[i]`` is the group of ``hits[i]``)."""
+    per_group = {
+        group: sum(hit for hit, of in zip(hits, groups, strict=True) if of == group) / groups.count(group)
+        for group in group_order
+        if group in groups
+    }
+    return GroundTruthResult(
+        model=model,
+        method=method,
+        per_task=per_group,
+        overall=sum(hits) / len(hits),
+        probes=probes,
+        seconds=time.perf_counter() - started,
+        hits=hits,
+    )
 
 
 def load_for_evaluation(name: str, attn_implementation: str = "sdpa") -> inseq.models.AttributionModel:
@@ -141,10 +180,7 @@ def evaluate_model(
     probes = select_probes(demo_probes(name), per_task)
     loaded: dict[str, inseq.models.AttributionModel] = {}
     results = []
-    inseq_logger = logging.getLogger("inseq")
-    previous_level = inseq_logger.level
-    inseq_logger.setLevel(logging.ERROR)  # inseq logs a line per call otherwise
-    try:
+    with quiet_inseq_logging():
         for method in methods:
             started = time.perf_counter()
             implementation = "eager" if method in EAGER_ATTENTION_METHODS else "sdpa"
@@ -156,25 +192,8 @@ def evaluate_model(
                 hits = [random_hit(probe, special) for probe in probes]
             else:
                 hits = [top_token_hit(attribution_model, probe, method) for probe in probes]
-            per_task_rates = {
-                task: sum(h for h, p in zip(hits, probes, strict=True) if p["task"] == task)
-                / sum(p["task"] == task for p in probes)
-                for task in TASKS
-                if any(p["task"] == task for p in probes)
-            }
-            results.append(
-                GroundTruthResult(
-                    model=name,
-                    method=method,
-                    per_task=per_task_rates,
-                    overall=sum(hits) / len(hits),
-                    probes=len(probes),
-                    seconds=time.perf_counter() - started,
-                    hits=hits,
-                )
-            )
-    finally:
-        inseq_logger.setLevel(previous_level)
+            groups = [probe["task"] for probe in probes]
+            results.append(summarize_hits(name, method, hits, groups, TASKS, len(probes), started))
     return results
 
 

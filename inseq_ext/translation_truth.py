@@ -18,7 +18,6 @@ decoder's cross-attention weights (mean over layers and heads).
 
 from __future__ import annotations
 
-import logging
 import math
 import time
 from collections.abc import Sequence
@@ -29,7 +28,7 @@ import torch
 from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
 from .demo_models import demo_model, demo_probes
-from .ground_truth import RANDOM_BASELINE, GroundTruthResult
+from .ground_truth import RANDOM_BASELINE, GroundTruthResult, quiet_inseq_logging, summarize_hits
 
 TRANSLATION_MODEL = "translation"
 WORD_CLASSES = ("det", "noun", "adj", "verb", "adv")
@@ -116,11 +115,8 @@ def evaluate_translation(
     selected = demo_probes(name)[:probes]
     attribution_model = load_translation_model(name)
     special = set(attribution_model.tokenizer.all_special_tokens)
-    inseq_logger = logging.getLogger("inseq")
-    previous_level = inseq_logger.level
-    inseq_logger.setLevel(logging.ERROR)  # inseq logs a line per call otherwise
     results = []
-    try:
+    with quiet_inseq_logging():
         for method in methods:
             started = time.perf_counter()
             hits: list[float] = []
@@ -134,23 +130,5 @@ def evaluate_translation(
                     top = top_source_positions(attribution_model, probe, method)
                     hits += [float(top[index] == probe["alignment"][index]) for index in words]
                 classes += [probe["word_classes"][index] for index in words]
-            per_class = {
-                word_class: sum(h for h, c in zip(hits, classes, strict=True) if c == word_class)
-                / classes.count(word_class)
-                for word_class in WORD_CLASSES
-                if word_class in classes
-            }
-            results.append(
-                GroundTruthResult(
-                    model=name,
-                    method=method,
-                    per_task=per_class,
-                    overall=sum(hits) / len(hits),
-                    probes=len(selected),
-                    seconds=time.perf_counter() - started,
-                    hits=hits,
-                )
-            )
-    finally:
-        inseq_logger.setLevel(previous_level)
+            results.append(summarize_hits(name, method, hits, classes, WORD_CLASSES, len(selected), started))
     return results
