@@ -9,13 +9,18 @@ answer depends on one known input token:
   hour);
 * ``copy``: a code of a few words repeated later in the text (induction: the answer is the code's first word).
 
+A quarter of the training texts are an auxiliary ``repeat`` task (distinct random corpus words, then the same list
+again), never evaluated: only matching a token with its earlier occurrence predicts the repeat, which makes the
+models form the induction mechanism the lookup needs (without it they copied *an* hour of the block, not the asked
+service's, and the copy task was solved from positions).
+
 It trains a byte-level BPE tokenizer on the corpus (every corpus word is a single token, so generated text survives
 inseq's decode -> re-encode round trip), trains both models, measures greedy held-out accuracy per task, and writes
 per model into ``inseq_ext/demo_models/<name>/``: ``config.json``, ``model.safetensors``, the tokenizer files,
 ``training_report.json`` and ``probes.json`` (prompts with the expected answer and the ground-truth position of the
 source token of the answer).
 
-Usage: python scripts/train_demo_models.py [--models gpt2 llama translation] [--steps 3000]
+Usage: python scripts/train_demo_models.py [--models gpt2 llama translation] [--steps 3500]
        [--out inseq_ext/demo_models]
 """
 
@@ -255,8 +260,17 @@ def copy_example(rng: random.Random) -> Example:
 
 
 GENERATORS = {"sentiment": sentiment_example, "lookup": lookup_example, "copy": copy_example}
+REPEAT_WORDS = sorted(set(CODE_WORDS + SERVICES + NOUNS + PEOPLE + [str(h) for h in OPEN_HOURS + CLOSE_HOURS]))
+
+
+def repeat_example(rng: random.Random) -> Example:
+    """Training only: distinct random words, then the same words again (only induction predicts the repeat)."""
+    words = " ".join(rng.sample(REPEAT_WORDS, rng.randint(4, 10)))
+    return Example("repeat", f"List: {words}. Again:", f" {words}.")
+
+
 # Share of each task in the training stream (facts are few sentences, repeated).
-MIXTURE = {"facts": 0.12, "sentiment": 0.2, "lookup": 0.34, "copy": 0.34}
+MIXTURE = {"facts": 0.1, "sentiment": 0.15, "lookup": 0.35, "copy": 0.15, "repeat": 0.25}
 
 
 def training_stream(count: int, seed: int) -> list[Example]:
@@ -267,7 +281,10 @@ def training_stream(count: int, seed: int) -> list[Example]:
     examples = []
     for _ in range(count):
         task = rng.choices(tasks, weights)[0]
-        examples.append(rng.choice(facts) if task == "facts" else GENERATORS[task](rng))
+        if task == "repeat":
+            examples.append(repeat_example(rng))
+        else:
+            examples.append(rng.choice(facts) if task == "facts" else GENERATORS[task](rng))
     return examples
 
 
@@ -485,7 +502,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--models", nargs="+", default=["gpt2", "llama", "translation"], choices=["gpt2", "llama", "translation"]
     )
-    parser.add_argument("--steps", type=int, default=2500, help="optimizer steps per model")
+    parser.add_argument("--steps", type=int, default=3500, help="optimizer steps per model")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--vocab-size", type=int, default=2048, help="upper bound; BPE stops once words are whole")
