@@ -7,7 +7,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.inseq_ext-installed
 
-.PHONY: setup demo test bench docs clean
+.PHONY: setup demo test bench docs demo-models clean
 
 setup: $(STAMP)
 
@@ -34,6 +34,14 @@ bench: $(STAMP)
 docs: $(STAMP)
 	$(PY) -m mkdocs build --strict --site-dir out/site
 	@echo "Documentation written to out/site/index.html"
+
+# Regenerate the embedded demo models: one single-threaded training process per model, in parallel (about 14 min
+# on 2 cores); fails if any of them fails.
+demo-models: $(STAMP)
+	mkdir -p out && cd scripts && pids="" && for model in gpt2 llama translation; do \
+		HF_HUB_OFFLINE=1 ../$(PY) train_demo_models.py --models $$model > ../out/train_$$model.log 2>&1 & \
+		pids="$$pids $$!"; \
+	done; status=0; for pid in $$pids; do wait $$pid || status=1; done; exit $$status
 
 clean:
 	rm -rf $(VENV) out .pytest_cache .ruff_cache *.egg-info
