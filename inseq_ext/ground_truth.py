@@ -98,6 +98,14 @@ def summarize_hits(
     )
 
 
+def check_methods(methods: Sequence[str]) -> None:
+    """A ``ValueError`` listing the valid choices when a name is neither an inseq method nor the random baseline."""
+    valid = set(inseq.list_feature_attribution_methods()) | {RANDOM_BASELINE}
+    unknown = [method for method in methods if method not in valid]
+    if unknown:
+        raise ValueError(f"Unknown method(s) {', '.join(unknown)}; choose from: {', '.join(sorted(valid))}.")
+
+
 def load_for_evaluation(name: str, attn_implementation: str = "sdpa") -> inseq.models.AttributionModel:
     """A demo model wrapped by inseq.
 
@@ -171,10 +179,7 @@ def evaluate_model(
     Raises:
         ValueError: for an unknown model or method name (the message lists the valid choices).
     """
-    valid = set(inseq.list_feature_attribution_methods()) | {RANDOM_BASELINE}
-    unknown = [method for method in methods if method not in valid]
-    if unknown:
-        raise ValueError(f"Unknown method(s) {', '.join(unknown)}; choose from: {', '.join(sorted(valid))}.")
+    check_methods(methods)
     if per_task is not None and per_task < 1:
         raise ValueError(f"per_task must be a positive number of probes, got {per_task}.")
     probes = select_probes(demo_probes(name), per_task)

@@ -28,7 +28,7 @@ import torch
 from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
 from .demo_models import demo_model, demo_probes
-from .ground_truth import RANDOM_BASELINE, GroundTruthResult, quiet_inseq_logging, summarize_hits
+from .ground_truth import RANDOM_BASELINE, GroundTruthResult, check_methods, quiet_inseq_logging, summarize_hits
 
 TRANSLATION_MODEL = "translation"
 WORD_CLASSES = ("det", "noun", "adj", "verb", "adv")
@@ -106,10 +106,7 @@ def evaluate_translation(
     Raises:
         ValueError: for an unknown method or a non-positive number of probes.
     """
-    valid = set(inseq.list_feature_attribution_methods()) | {RANDOM_BASELINE}
-    unknown = [method for method in methods if method not in valid]
-    if unknown:
-        raise ValueError(f"Unknown method(s) {', '.join(unknown)}; choose from: {', '.join(sorted(valid))}.")
+    check_methods(methods)
     if probes is not None and probes < 1:
         raise ValueError(f"probes must be a positive number, got {probes}.")
     selected = demo_probes(name)[:probes]
