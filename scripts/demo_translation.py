@@ -20,7 +20,6 @@ target word).
 from __future__ import annotations
 
 import json
-import math
 import random
 import shutil
 import time
@@ -29,6 +28,7 @@ from pathlib import Path
 
 import torch
 from tokenizers import Tokenizer, models, pre_tokenizers, processors
+from train_demo_models import warmup_cosine_optimizer
 from transformers import BartConfig, BartForConditionalGeneration, PreTrainedTokenizerFast
 
 SEED = 4321
@@ -183,15 +183,7 @@ def batch_tensors(tokenizer: PreTrainedTokenizerFast, pairs: list[SentencePair])
 
 def train(model, tokenizer, pairs: list[SentencePair], steps: int, batch_size: int, lr: float) -> list[float]:
     """AdamW with linear warm-up and cosine decay on the token cross-entropy of the translation."""
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01, betas=(0.9, 0.98))
-    warmup = max(1, steps // 20)
-
-    def schedule(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, steps - warmup))) * 0.95 + 0.05
-
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+    optimizer, scheduler = warmup_cosine_optimizer(model, lr, steps)
     model.train()
     losses = []
     for step in range(steps):

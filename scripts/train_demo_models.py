@@ -413,10 +413,8 @@ def encode(tokenizer: PreTrainedTokenizerFast, encoded: list[tuple[list[int], in
     return ids, mask, answer
 
 
-def train(
-    model, tokenizer, examples: list[Example], steps: int, batch_size: int, lr: float, monitor: dict | None = None
-) -> list[float]:
-    """AdamW with warm-up and cosine decay on the LM loss, plus the loss on answer tokens (their weight doubles)."""
+def warmup_cosine_optimizer(model, lr: float, steps: int):
+    """AdamW with a linear warm-up over the first 5% of ``steps``, then cosine decay to 5% of ``lr``."""
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01, betas=(0.9, 0.98))
     warmup = max(1, steps // 20)
 
@@ -425,7 +423,14 @@ def train(
             return (step + 1) / warmup
         return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, steps - warmup))) * 0.95 + 0.05
 
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+
+
+def train(
+    model, tokenizer, examples: list[Example], steps: int, batch_size: int, lr: float, monitor: dict | None = None
+) -> list[float]:
+    """AdamW with warm-up and cosine decay on the LM loss, plus the loss on answer tokens (their weight doubles)."""
+    optimizer, scheduler = warmup_cosine_optimizer(model, lr, steps)
     model.train()
     losses = []
     encoded = tokenize(tokenizer, examples)
