@@ -17,13 +17,12 @@ from .attr import (
 )
 from .chat import attribute_chat
 from .demo_models import DEMO_MODEL_NAMES, demo_model
-from .explorer import write_explorer
-from .granularity import aggregate_granularity
-from .lookup import score_of
-from .span import span_attribution
+from .moved_modules import install_moved_module_finder
 from .step_functions import register_step_functions
+from .views import aggregate_granularity, score_of, span_attribution, write_explorer
 
 register_step_functions()
+install_moved_module_finder()
 
 __version__ = "0.1.0"
 

@@ -15,7 +15,8 @@ tokens the model generated. ``answers=`` forces given answers instead (every mod
 Scores per message and per line of a ``[DATA]`` block (:func:`chat_message_scores`, :func:`data_block_scores`):
 each message's content is located in the rendered prompt (:func:`message_spans`, from the template's own output,
 so any template works), its tokens are merged into one unit with inseq's ``"spans"`` aggregator
-(:func:`inseq_ext.granularity.merge_token_spans`), and a unit's score is the sum of its token scores (``nansum``).
+(:func:`inseq_ext.views.granularity.merge_token_spans`), and a unit's score is the sum of its token scores
+(``nansum``).
 Role markers and special tokens of the template belong to no message.
 
 Tokenizers without a chat template get :data:`SIMPLE_CHAT_TEMPLATE` with :func:`ensure_chat_template`.
@@ -34,8 +35,15 @@ import torch
 from inseq.data import FeatureAttributionOutput, FeatureAttributionSequenceOutput
 from inseq.utils.typing import TokenWithId
 
-from .granularity import char_spans_to_token_spans, merge_token_spans, merged_index, pick_sequence, to_2d, token_texts
-from .span import reduce_steps
+from .views.granularity import (
+    char_spans_to_token_spans,
+    merge_token_spans,
+    merged_index,
+    pick_sequence,
+    to_2d,
+    token_texts,
+)
+from .views.span import reduce_steps
 
 logger = logging.getLogger(__name__)
 
@@ -302,7 +310,7 @@ class ChatUnitScores:
 
     def totals(self, reduce: str = "sum") -> list[tuple[str, float]]:
         """``(label, score)`` per unit over the whole answer: ``reduce`` (``"sum"``, ``"mean"``, ``"max"``,
-        ``"absmax"``) of its scores over the generated tokens (:func:`inseq_ext.span.reduce_steps`)."""
+        ``"absmax"``) of its scores over the generated tokens (:func:`inseq_ext.views.span.reduce_steps`)."""
         combined = reduce_steps(self.scores, reduce)
         return [(label, float(value)) for label, value in zip(self.labels, combined.tolist(), strict=True)]
 
@@ -391,7 +399,7 @@ def chat_message_scores(
         tokenizer: The model's tokenizer (or the inseq model).
         messages: The conversation that was attributed (sequence ``sequence`` of the output).
         sequence: Which sequence of the output.
-        select: Layer/head for multi-dimensional methods (see :func:`inseq_ext.granularity.to_2d`).
+        select: Layer/head for multi-dimensional methods (see :func:`inseq_ext.views.granularity.to_2d`).
         aggregate_fn: How tokens merge into a unit: ``"nansum"`` (default), ``"nanmean"``, or an inseq function.
         add_generation_prompt: As given to :func:`attribute_chat`.
         chat_template_kwargs: As given to :func:`attribute_chat`.
@@ -458,7 +466,7 @@ def data_block_scores(
         message: The message holding the block: its index or its role; default the first message containing
             ``marker``.
         sequence: Which sequence of the output.
-        select: Layer/head for multi-dimensional methods (see :func:`inseq_ext.granularity.to_2d`).
+        select: Layer/head for multi-dimensional methods (see :func:`inseq_ext.views.granularity.to_2d`).
         aggregate_fn: How a line's tokens merge: ``"nansum"`` (default), ``"nanmean"``, or an inseq function.
         add_generation_prompt: As given to :func:`attribute_chat`.
         chat_template_kwargs: As given to :func:`attribute_chat`.

@@ -35,9 +35,9 @@ import torch
 import inseq_ext  # noqa: F401  (registers this package's methods and step functions in inseq)
 
 from .demo_models import DEMO_MODEL_NAMES, ENCODER_DECODER_DEMO_MODEL_NAMES, demo_model
-from .explorer import write_explorer
+from .evaluation.ground_truth import EAGER_ATTENTION_METHODS
 from .files import atomic_output
-from .ground_truth import EAGER_ATTENTION_METHODS
+from .views.explorer import write_explorer
 
 PROG = "inseq-ext"
 DEMO_PREFIX = "demo:"
@@ -250,8 +250,8 @@ def run_attribute(args: argparse.Namespace) -> None:
 
 def run_ground_truth(args: argparse.Namespace) -> None:
     """``inseq-ext ground-truth``: hit rates of methods on the demo models' probe sets, as a Markdown table."""
-    from .ground_truth import applies_to, evaluate_model, markdown_table
-    from .translation_truth import evaluate_translation
+    from .evaluation.ground_truth import applies_to, evaluate_model, markdown_table
+    from .evaluation.translation_truth import evaluate_translation
 
     if args.markdown is not None:
         check_writable(Path(args.markdown), "--markdown")
@@ -385,7 +385,7 @@ def build_parser() -> argparse.ArgumentParser:
     attribute.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
     attribute.set_defaults(handler=run_attribute)
 
-    from .ground_truth import DEFAULT_METHODS
+    from .evaluation.ground_truth import DEFAULT_METHODS
 
     ground_truth = commands.add_parser(
         "ground-truth",

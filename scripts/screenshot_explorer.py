@@ -14,8 +14,8 @@ from pathlib import Path
 import inseq
 
 import inseq_ext  # registers the package's methods
-from inseq_ext.explorer import write_explorer
 from inseq_ext.files import atomic_output
+from inseq_ext.views.explorer import write_explorer
 
 CHROMIUM_ARGS = [
     "--headless",

@@ -11,7 +11,7 @@ from conftest import GREEDY, PROMPTS
 from inseq_ext import BlockGradientXInputAttribution
 from inseq_ext.adapters import get_adapter
 from inseq_ext.attr.block_gradient_x_input import BlockGradientXInputSequenceOutput
-from inseq_ext.viz import plot_layer_heatmap
+from inseq_ext.views.viz import plot_layer_heatmap
 
 SOURCE = "The first president of America is"
 # The logit gives gradients of order one on random tiny models, so absolute tolerances mean something.

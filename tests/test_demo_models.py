@@ -14,7 +14,7 @@ import inseq_ext
 from inseq_ext import ground_truth
 from inseq_ext.chat import SIMPLE_CHAT_TEMPLATE
 from inseq_ext.demo_models import CAUSAL_DEMO_MODEL_NAMES, DEMO_MODEL_NAMES, demo_probes, training_report
-from inseq_ext.ground_truth import RANDOM_BASELINE, evaluate_model, markdown_table
+from inseq_ext.evaluation.ground_truth import RANDOM_BASELINE, evaluate_model, markdown_table
 
 MAX_MODEL_BYTES = 10 * 1024 * 1024
 

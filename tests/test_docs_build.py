@@ -25,15 +25,15 @@ def test_docs_build_strictly(tmp_path):
     # The API page is generated from the docstrings: the comparison functions and a method class appear in it.
     api = (site / "api" / "index.html").read_text(encoding="utf-8")
     for anchor in (
-        "inseq_ext.explanations.compare_with_attribution",
-        "inseq_ext.explanations.parse_explanation",
+        "inseq_ext.evaluation.explanations.compare_with_attribution",
+        "inseq_ext.evaluation.explanations.parse_explanation",
         "inseq_ext.attr.custom_saliency.CustomSaliencyAttribution",
-        "inseq_ext.viz.plot_layer_heatmap",
+        "inseq_ext.views.viz.plot_layer_heatmap",
         "inseq_ext.adapters.supported_model_types",
         "inseq_ext.examples.load_example_model",
         "inseq_ext.chat.data_block_scores",
         "inseq_ext.chat.SIMPLE_CHAT_TEMPLATE",
-        "inseq_ext.translation_truth.evaluate_translation",
+        "inseq_ext.evaluation.translation_truth.evaluate_translation",
         "inseq_ext.demo_models.demo_model",
     ):
         assert f'id="{anchor}"' in api, anchor

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from inseq_ext.explanations import (
+from inseq_ext.evaluation.explanations import (
     align_explanation,
     attribution_word_scores,
     average_ranks,

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from inseq_ext.explorer import score_color, write_explorer
-from inseq_ext.span import span_attribution
+from inseq_ext.views.explorer import score_color, write_explorer
+from inseq_ext.views.span import span_attribution
 
 CHROMIUM = os.environ.get("INSEQ_EXT_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = [

@@ -9,8 +9,8 @@ import re
 import pytest
 import torch
 
-from inseq_ext.explorer import explorer_payload, score_color, write_explorer
-from inseq_ext.granularity import sequence_groups, to_2d
+from inseq_ext.views.explorer import explorer_payload, score_color, write_explorer
+from inseq_ext.views.granularity import sequence_groups, to_2d
 
 PROMPT = "The first president of America is"
 FORCED = "The first president of America is George Washington."

@@ -8,16 +8,16 @@ import inseq
 import pytest
 import torch
 
-from inseq_ext.granularity import (
+from inseq_ext.tiny_models import build_model, build_sentencepiece_tokenizer
+from inseq_ext.views.granularity import (
     aggregate_granularity,
     group_tokens,
     sequence_groups,
     to_2d,
     token_texts,
 )
-from inseq_ext.lookup import score_of
-from inseq_ext.span import span_attribution
-from inseq_ext.tiny_models import build_model, build_sentencepiece_tokenizer
+from inseq_ext.views.lookup import score_of
+from inseq_ext.views.span import span_attribution
 
 PROMPT = "The first president of America is"
 FORCED = "The first president of America is George Washington. He was born in America, in Paris."

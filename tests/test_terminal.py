@@ -7,9 +7,9 @@ import math
 
 import pytest
 
-from inseq_ext.lookup import score_of
-from inseq_ext.span import span_attribution
-from inseq_ext.terminal import color_supported, format_attribution, print_attribution, top_k, top_k_bar_chart
+from inseq_ext.views.lookup import score_of
+from inseq_ext.views.span import span_attribution
+from inseq_ext.views.terminal import color_supported, format_attribution, print_attribution, top_k, top_k_bar_chart
 
 PROMPT = "The first president of America is"
 FORCED = "The first president of America is George Washington."

@@ -14,8 +14,8 @@ from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 import inseq_ext
 from inseq_ext.cli import main as cli_main
 from inseq_ext.demo_models import ENCODER_DECODER_DEMO_MODEL_NAMES, demo_probes, training_report
-from inseq_ext.ground_truth import RANDOM_BASELINE
-from inseq_ext.translation_truth import evaluate_translation
+from inseq_ext.evaluation.ground_truth import RANDOM_BASELINE
+from inseq_ext.evaluation.translation_truth import evaluate_translation
 
 NAME = "translation"
 
@@ -116,7 +116,7 @@ def test_ground_truth_cli_translation(capsys, tmp_path):
 
 
 def test_evaluate_dispatches_translation_to_alignment_accuracy():
-    from inseq_ext.ground_truth import evaluate
+    from inseq_ext.evaluation.ground_truth import evaluate
 
     (result,) = evaluate(models=["translation"], methods=["rotary_attention", RANDOM_BASELINE], per_task=3)
     assert result.model == "translation" and result.probes == 3

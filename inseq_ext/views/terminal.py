@@ -17,8 +17,8 @@ from typing import Any, TextIO
 
 from inseq.data import FeatureAttributionOutput, FeatureAttributionSequenceOutput
 
+from ..files import atomic_output
 from .explorer import NEGATIVE_RGB, POSITIVE_RGB
-from .files import atomic_output
 from .granularity import unit_view
 from .lookup import _matches, _pick
 from .span import SpanAttribution, span_attribution
@@ -87,7 +87,7 @@ def format_attribution(
         stream: Where the text will be written (for color detection; default ``sys.stdout``).
         tokenizer: Optional tokenizer (or inseq model) used to decode tokens.
         select: Layer/head for multi-dimensional outputs, e.g. ``{"layer": 1}``.
-        reduce: How the span's maps combine (see :mod:`inseq_ext.span`).
+        reduce: How the span's maps combine (see :mod:`inseq_ext.views.span`).
     """
     span = _span(output, target, end, occurrence, sequence, granularity, tokenizer, select, reduce)
     use_color = color_supported(stream) if color is None else color

@@ -14,21 +14,26 @@ contribution is as decisive as a large positive one.
 
 from __future__ import annotations
 
-import logging
 import math
 import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 from typing import Any
 
 import inseq
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from .demo_models import DEMO_MODEL_NAMES, ENCODER_DECODER_DEMO_MODEL_NAMES, demo_model, demo_probes
+from ..demo_models import DEMO_MODEL_NAMES, ENCODER_DECODER_DEMO_MODEL_NAMES, demo_model, demo_probes
+from .hit_rates import (
+    RANDOM_BASELINE,
+    GroundTruthResult,
+    check_methods,
+    markdown_table,
+    quiet_inseq_logging,
+    summarize_hits,
+)
+from .translation_truth import evaluate_translation
 
-RANDOM_BASELINE = "random"
 DEFAULT_METHODS = (
     "custom_saliency",
     "saliency",
@@ -45,65 +50,6 @@ TASKS = ("facts", "sentiment", "lookup", "copy")
 EAGER_ATTENTION_METHODS = frozenset({"attention"})
 # Methods for decoder-only models: left out for the encoder-decoder demo model when several models are evaluated.
 DECODER_ONLY_METHODS = frozenset({"rotary_attention"})
-
-
-@dataclass
-class GroundTruthResult:
-    """Top-1 hit rates of one method on one demo model, per task and overall (probes weighted equally)."""
-
-    model: str
-    method: str
-    per_task: dict[str, float]
-    overall: float
-    probes: int
-    seconds: float
-    hits: list[float] = field(default_factory=list, repr=False)
-
-
-@contextmanager
-def quiet_inseq_logging() -> Iterator[None]:
-    """Silence inseq's per-call log lines during an evaluation loop; the previous level comes back after."""
-    inseq_logger = logging.getLogger("inseq")
-    previous_level = inseq_logger.level
-    inseq_logger.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        inseq_logger.setLevel(previous_level)
-
-
-def summarize_hits(
-    model: str,
-    method: str,
-    hits: list[float],
-    groups: list[str],
-    group_order: Sequence[str],
-    probes: int,
-    started: float,
-) -> GroundTruthResult:
-    """Hit rate overall and per group (task or word class; ``groups[i]`` is the group of ``hits[i]``)."""
-    per_group = {
-        group: sum(hit for hit, of in zip(hits, groups, strict=True) if of == group) / groups.count(group)
-        for group in group_order
-        if group in groups
-    }
-    return GroundTruthResult(
-        model=model,
-        method=method,
-        per_task=per_group,
-        overall=sum(hits) / len(hits),
-        probes=probes,
-        seconds=time.perf_counter() - started,
-        hits=hits,
-    )
-
-
-def check_methods(methods: Sequence[str]) -> None:
-    """A ``ValueError`` listing the valid choices when a name is neither an inseq method nor the random baseline."""
-    valid = set(inseq.list_feature_attribution_methods()) | {RANDOM_BASELINE}
-    unknown = [method for method in methods if method not in valid]
-    if unknown:
-        raise ValueError(f"Unknown method(s) {', '.join(unknown)}; choose from: {', '.join(sorted(valid))}.")
 
 
 def load_for_evaluation(name: str, attn_implementation: str = "sdpa") -> inseq.models.AttributionModel:
@@ -208,11 +154,9 @@ def evaluate(
     """:func:`evaluate_model` for each demo model in ``models``.
 
     The encoder-decoder demo model (``"translation"``) is scored by its alignment accuracy instead
-    (:func:`inseq_ext.translation_truth.evaluate_translation`, ``per_task`` sentences), without the
+    (:func:`inseq_ext.evaluation.translation_truth.evaluate_translation`, ``per_task`` sentences), without the
     :data:`DECODER_ONLY_METHODS`.
     """
-    from .translation_truth import evaluate_translation  # it builds on this module
-
     results = []
     for name in models:
         usable = [method for method in methods if applies_to(method, name)]
@@ -228,18 +172,14 @@ def applies_to(method: str, name: str) -> bool:
     return not (name in ENCODER_DECODER_DEMO_MODEL_NAMES and method in DECODER_ONLY_METHODS)
 
 
-def markdown_table(results: Sequence[GroundTruthResult]) -> str:
-    """A Markdown table: one row per (model, method), top-1 hit rate per task and overall, in percent.
-
-    The columns are the keys of the results' ``per_task`` in order of appearance (the tasks of the causal demo
-    models, or the word classes of the translation model's alignment accuracy).
-    """
-    tasks = list(dict.fromkeys(task for result in results for task in result.per_task))
-    header = ["model", "method", *tasks, "overall", "probes"]
-    lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
-    for result in results:
-        cells = [result.model, f"`{result.method}`" if result.method != RANDOM_BASELINE else "random baseline"]
-        cells += [f"{100 * result.per_task[task]:.0f}%" if task in result.per_task else "" for task in tasks]
-        cells += [f"**{100 * result.overall:.0f}%**", str(result.probes)]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+__all__ = [
+    "DEFAULT_METHODS",
+    "EAGER_ATTENTION_METHODS",
+    "RANDOM_BASELINE",
+    "TASKS",
+    "GroundTruthResult",
+    "applies_to",
+    "evaluate",
+    "evaluate_model",
+    "markdown_table",
+]

@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 from inseq.data import FeatureAttributionOutput, FeatureAttributionSequenceOutput
 
-from .files import atomic_output
+from ..files import atomic_output
 
 
 def _clean(token: str) -> str:

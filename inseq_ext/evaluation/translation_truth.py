@@ -27,8 +27,8 @@ import inseq
 import torch
 from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
-from .demo_models import demo_model, demo_probes
-from .ground_truth import RANDOM_BASELINE, GroundTruthResult, check_methods, quiet_inseq_logging, summarize_hits
+from ..demo_models import demo_model, demo_probes
+from .hit_rates import RANDOM_BASELINE, GroundTruthResult, check_methods, quiet_inseq_logging, summarize_hits
 
 TRANSLATION_MODEL = "translation"
 WORD_CLASSES = ("det", "noun", "adj", "verb", "adv")
@@ -99,9 +99,9 @@ def evaluate_translation(
         name: The demo model (an encoder-decoder whose probes carry an ``alignment``).
 
     Returns:
-        One :class:`~inseq_ext.ground_truth.GroundTruthResult` per method: ``per_task`` holds the accuracy per word
-        class (determiner, noun, adjective, verb, adverb), ``overall`` over all scored words, ``hits`` one 0/1 per
-        scored word (expected hit for the random baseline).
+        One :class:`~inseq_ext.evaluation.hit_rates.GroundTruthResult` per method: ``per_task`` holds the accuracy
+        per word class (determiner, noun, adjective, verb, adverb), ``overall`` over all scored words, ``hits`` one
+        0/1 per scored word (expected hit for the random baseline).
 
     Raises:
         ValueError: for an unknown method or a non-positive number of probes.

@@ -2,13 +2,13 @@
 
 Open the file in a browser: the prompt and the generation are shown as text. Hovering or clicking a generated
 token colors the prompt (and the text generated before it) by that token's attribution; shift-click or drag
-selects a span of generated tokens and shows its summed map (:func:`inseq_ext.span.span_attribution` with
+selects a span of generated tokens and shows its summed map (:func:`inseq_ext.views.span.span_attribution` with
 ``reduce="sum"``). Controls switch the granularity (token / word / sentence / line / paragraph), the layer and
 head of multi-dimensional methods (inseq's ``attention``, ``block_gradient_x_input``) and the color scale; each
 unit shows its raw score on hover. Several outputs or sequences go into one file, with a selector.
 
-Python computes every token-level score matrix and the unit groupings (:mod:`inseq_ext.granularity`) and embeds
-them as JSON; the page only sums cells, so the numbers it shows equal :func:`~inseq_ext.span.span_attribution`'s.
+Python computes every token-level score matrix and the unit groupings (:mod:`inseq_ext.views.granularity`) and embeds
+them as JSON; the page only sums cells, so the numbers it shows equal :func:`~inseq_ext.views.span.span_attribution`'s.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from inseq.data import FeatureAttributionOutput, FeatureAttributionSequenceOutput
 
-from .files import atomic_output
+from ..files import atomic_output
 from .granularity import GRANULARITIES, extra_dimensions, group_tokens, special_token_mask, to_2d, token_texts
 
 # Colors of positive and negative scores; the opacity is |score| / scale, capped at 1.
@@ -199,7 +199,7 @@ def explorer_payload(
 
 
 def _asset(name: str) -> str:
-    return resources.files("inseq_ext").joinpath("explorer_assets", name).read_text(encoding="utf-8")
+    return resources.files("inseq_ext.views").joinpath("explorer_assets", name).read_text(encoding="utf-8")
 
 
 def explorer_html(payload: Mapping[str, Any], title: str = "inseq_ext explorer") -> str:
@@ -232,7 +232,7 @@ def write_explorer(
             entry in the page's selector.
         path: Where to write the HTML file (written whole or not at all).
         tokenizer: Optional Hugging Face tokenizer or inseq model used to decode tokens; by default token strings
-            are decoded as byte-level BPE or SentencePiece (see :func:`inseq_ext.granularity.token_texts`).
+            are decoded as byte-level BPE or SentencePiece (see :func:`inseq_ext.views.granularity.token_texts`).
         titles: Optional selector label per sequence.
         granularities: Granularities offered by the page.
         max_cells: Budget of embedded scores per sequence; when every layer x head combination does not fit,

@@ -1,6 +1,6 @@
 // inseq_ext explorer: colors the input (and earlier generated text) by the attribution of the selected generated
 // unit(s). All numbers come from the embedded JSON; a unit's score is the sum of its non-null token cells over the
-// selected generated tokens' columns (null when every cell is null), as inseq_ext.span.span_attribution computes.
+// selected generated tokens' columns (null when every cell is null), as inseq_ext.views.span.span_attribution computes.
 (() => {
   "use strict";
   const data = JSON.parse(document.getElementById("explorer-data").textContent);
@@ -54,7 +54,7 @@
     return largest;
   }
 
-  // Same formula as inseq_ext.explorer.score_color.
+  // Same formula as inseq_ext.views.explorer.score_color.
   function colorFor(value, scale) {
     if (value === null || !(scale > 0)) return "transparent";
     const [red, green, blue] = value >= 0 ? POSITIVE : NEGATIVE;
