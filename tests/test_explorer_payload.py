@@ -30,12 +30,14 @@ def test_payload_units_and_views(attention_output):
     seq = attention_output.sequence_attributions[0]
     payload = explorer_payload(attention_output)
     (entry,) = payload["sequences"]
-    assert [dim["name"] for dim in entry["dims"]] == ["layer", "head"]
-    assert len(entry["views"]) == 3 * 5  # (all + 2 layers) x (all + 4 heads)
+    (method,) = entry["methods"]
+    assert [dim["name"] for dim in method["dims"]] == ["layer", "head"]
+    assert len(method["views"]) == 3 * 5  # (all + 2 layers) x (all + 4 heads)
+    assert method["signed"] is False  # attention weights are never negative: sequential color scale
     default = to_2d(seq).target_attributions
     for row in range(default.shape[0]):
         for column in range(default.shape[1]):
-            value, shown = default[row, column].item(), entry["views"]["*|*"][row][column]
+            value, shown = default[row, column].item(), method["views"]["*|*"][row][column]
             assert (shown is None) if math.isnan(value) else shown == pytest.approx(value, rel=1e-6)
     _, target_groups, _, texts = sequence_groups(seq, "word")
     units = entry["units"]["word"]
@@ -53,9 +55,9 @@ def test_small_budget_embeds_one_axis_at_a_time(attention_output):
         - attention_output.sequence_attributions[0].attr_pos_start
     )
     (entry,) = explorer_payload(attention_output, max_cells=rows * columns * 7)["sequences"]
-    assert sorted(entry["views"]) == sorted(["*|*", "0|*", "1|*", "*|0", "*|1", "*|2", "*|3"])
+    assert sorted(entry["methods"][0]["views"]) == sorted(["*|*", "0|*", "1|*", "*|0", "*|1", "*|2", "*|3"])
     (entry,) = explorer_payload(attention_output, max_cells=rows * columns)["sequences"]
-    assert list(entry["views"]) == ["*|*"]
+    assert list(entry["methods"][0]["views"]) == ["*|*"]
 
 
 def test_written_file_is_whole_and_self_contained(attention_output, tmp_path):
@@ -65,7 +67,7 @@ def test_written_file_is_whole_and_self_contained(attention_output, tmp_path):
     assert "<title>T&lt;/title&gt;&lt;b&gt;</title>" in html
     assert not re.search(r"<(script|link|img)[^>]+(src|href)=", html)
     data = re.search(r'<script type="application/json" id="explorer-data">(.*?)</script>', html, re.S).group(1)
-    assert json.loads(data)["sequences"][0]["method"] == "attention"
+    assert json.loads(data)["sequences"][0]["methods"][0]["method"] == "attention"
     # A failed write leaves the previous file untouched.
     with pytest.raises(ValueError, match="titles has 2 entries but there are 1 sequences"):
         write_explorer(attention_output, path, titles=["a", "b"])
@@ -75,7 +77,7 @@ def test_written_file_is_whole_and_self_contained(attention_output, tmp_path):
 def test_bad_input_and_colors(attention_output):
     with pytest.raises(ValueError, match="Unknown granularity 'chapter'"):
         explorer_payload(attention_output, granularities=["token", "chapter"])
-    with pytest.raises(ValueError, match="takes inseq attribution outputs.*got str"):
+    with pytest.raises(ValueError, match="takes inseq attribution outputs.*the argument is a str"):
         explorer_payload("not an output")
     assert score_color(0.5, 1.0) == "rgba(214, 39, 40, 0.5)"
     assert score_color(-2.0, 1.0) == "rgba(31, 119, 180, 1)"
@@ -89,7 +91,7 @@ def test_bad_input_and_colors(attention_output):
 def test_inseq_builtins_and_package_methods(attribution_models, method, kwargs):
     out = attribution_models("gpt2").attribute(PROMPT, FORCED, method=method, show_progress=False, **kwargs)
     seq = out.sequence_attributions[0]
-    (entry,) = explorer_payload(out)["sequences"]
+    ((entry,),) = [sequence["methods"] for sequence in explorer_payload(out)["sequences"]]
     assert entry["method"] == method and entry["dims"] == []  # no layer/head axis for these methods
     default = seq.aggregate().target_attributions
     shown = torch.tensor([[math.nan if v is None else v for v in row] for row in entry["views"][""]])
