@@ -19,7 +19,7 @@ from .chat import attribute_chat
 from .demo_models import DEMO_MODEL_NAMES, demo_model
 from .moved_modules import install_moved_module_finder
 from .step_functions import register_step_functions
-from .views import aggregate_granularity, score_of, span_attribution, write_explorer
+from .views import aggregate_granularity, explore, score_of, span_attribution, write_explorer
 
 register_step_functions()
 install_moved_module_finder()
@@ -36,6 +36,7 @@ __all__ = [
     "attribute_chat",
     "capture_queries_keys",
     "demo_model",
+    "explore",
     "normalized_saliency",
     "score_of",
     "span_attribution",

@@ -150,12 +150,15 @@ class ExplorerView:
     def __init__(self, page: str, height: int = 640) -> None:
         self.html = page
         self.height = height
-        self.frame_id = f"inseq-ext-explorer-{uuid.uuid4().hex[:12]}"
+
+    def __repr__(self) -> str:
+        return "<inseq_ext explorer: shown as HTML in a notebook cell; .save(path) writes it to a file>"
 
     def _repr_html_(self) -> str:
+        # A fresh id per rendering: the same view displayed twice still gives two distinct frames.
         return (
-            f'<iframe id="{self.frame_id}" class="inseq-ext-explorer" data-inseq-ext-explorer="1" '
-            f'title="inseq_ext explorer" srcdoc="{html.escape(self.html, quote=True)}" '
+            f'<iframe id="inseq-ext-explorer-{uuid.uuid4().hex[:12]}" class="inseq-ext-explorer" '
+            f'data-inseq-ext-explorer="1" title="inseq_ext explorer" srcdoc="{html.escape(self.html, quote=True)}" '
             f'style="width: 100%; height: {int(self.height)}px; border: 1px solid #d9dce1; border-radius: 4px;">'
             "</iframe>"
         )
