@@ -11,6 +11,7 @@ import pytest
 from browser_helpers import assert_map, open_page, units
 
 import inseq_ext
+import inseq_ext_cli
 from inseq_ext.views.explorer import write_explorer
 from inseq_ext.views.span import span_attribution
 
@@ -275,3 +276,51 @@ def test_layout_and_span_frame(browser, compare_page, width):
         assert not page.errors
     finally:
         page.close()
+
+
+def _cli(capsys, *arguments: str) -> tuple[int, str, str]:
+    status = inseq_ext_cli.main(list(arguments))
+    captured = capsys.readouterr()
+    return status, captured.out, captured.err
+
+
+def test_cli_several_methods_write_one_explorer_with_a_method_switch(browser, capsys, tmp_path):
+    path = tmp_path / "compare.html"
+    status, out, err = _cli(
+        capsys, "attribute", PROMPT, "--method", "custom_saliency,attention", "--step-scores", "probability",
+        "--max-new-tokens", "4", "--html", str(path), "--no-show", "--quiet",
+    )  # fmt: skip
+    assert status == 0, err
+    assert "method: custom_saliency, attention" in out and f"Explorer written to {path}" in out
+    page = open_page(browser, path.as_uri())
+    try:
+        page.wait_for_selector(".unit.generated")
+        assert page.locator("#method-select option").all_text_contents() == ["custom_saliency", "attention"]
+        assert page.text_content("h1") == "inseq_ext explorer: custom_saliency, attention on demo:gpt2"
+        # attention refuses step scores; custom_saliency computed them for the generation, so the table has them.
+        probability = page.locator('#score-table tfoot tr[data-step-score="probability"] td').all_text_contents()
+        assert len(probability) == page.locator(".unit.generated").count() >= 2
+        assert all(0 < float(value) <= 1 for value in probability)
+        page.click('.unit.generated[data-generated="1"]')
+        page.select_option("#method-select", "1")
+        assert page.get_attribute("#legend", "data-scale") == "sequential"
+        assert not page.errors
+    finally:
+        page.close()
+    assert inseq_ext.demo_model("gpt2") not in path.read_text(encoding="utf-8")
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (["--method", "custom_saliency,custom_saliency"], "custom_saliency listed twice"),
+        (["--method", "custom_saliency,nope"], "unknown attribution method 'nope'"),
+        (["--method", "custom_saliency,attention", "--json", "{tmp}/x.json"], "--json hold(s) one method's output"),
+    ],
+)
+def test_cli_method_list_errors(capsys, tmp_path, arguments, message):
+    arguments = [argument.replace("{tmp}", str(tmp_path)) for argument in arguments]
+    status, _, err = _cli(capsys, "attribute", PROMPT, *arguments)
+    lines = [line for line in err.splitlines() if line.startswith("inseq-ext: error:")]
+    assert status == 2 and "Traceback" not in err and len(lines) == 1 and message in lines[0], err
+    assert list(tmp_path.iterdir()) == []
