@@ -187,9 +187,19 @@ def explore(
     The page is self-contained (no network) and isolated in its own frame, so a notebook can show several.
 
     Args:
-        outputs, tokenizer, titles, granularities, max_cells, title, metrics: as for :func:`write_explorer`.
-        height: Initial frame height in pixels; where the notebook lets the frame reach its parent (Jupyter,
-            VS Code), the frame then fits its content.
+        outputs: An output, a ``{method label: output}`` mapping of the same generations, or a list of these (see
+            :func:`write_explorer`).
+        tokenizer: Optional tokenizer or inseq model used to decode tokens.
+        titles: Optional "Sequence" menu label per generation.
+        granularities: Granularities offered by the page.
+        max_cells: Budget of embedded scores per method and generation.
+        title: Page title (default: ``inseq_ext explorer: METHODS on MODEL``).
+        metrics: Optional ``{method label: {metric name: value}}`` shown next to each method.
+        height: Initial frame height in pixels; where the notebook lets the frame reach its own element (Jupyter,
+            VS Code: same origin), the frame then fits its content.
+
+    Returns:
+        An :class:`ExplorerView`: displayed by the notebook, ``.save(path)`` writes the page to a file.
     """
     payload = explorer_payload(outputs, tokenizer, titles, granularities, max_cells, metrics)
     return ExplorerView(explorer_html(payload, title), height)
