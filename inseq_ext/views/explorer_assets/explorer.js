@@ -334,10 +334,13 @@
     const steps = generatedUnits().filter(selectable);
     table.replaceChildren();
     state.tableColumns = new Map(steps.map((step) => [step.generated, []]));
-    note.hidden = true;
-    if (!matrix) return;
-    if (units.length * steps.length > MAX_TABLE_CELLS) {
-      note.hidden = false;
+    const tooLarge = units.length * steps.length > MAX_TABLE_CELLS;
+    note.hidden = Boolean(matrix) && !tooLarge;
+    if (!matrix) {
+      note.textContent = "This layer/head combination is not embedded in the file; pick one axis at a time.";
+      return;
+    }
+    if (tooLarge) {
       note.textContent = `${units.length} x ${steps.length} scores: too many for a table; pick a coarser granularity.`;
       return;
     }
