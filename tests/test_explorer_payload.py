@@ -99,7 +99,9 @@ def test_inseq_builtins_and_package_methods(attribution_models, method, kwargs):
     assert torch.equal(shown.isnan(), default.isnan())
 
 
-def test_model_names_without_machine_paths(tmp_path):
+def test_model_names_without_machine_paths(tmp_path, attention_output):
+    import copy
+
     import inseq_ext
 
     assert model_display_name(inseq_ext.demo_model("gpt2")) == "demo:gpt2"
@@ -110,6 +112,12 @@ def test_model_names_without_machine_paths(tmp_path):
     assert model_display_name("/no/such/place/llama-7b") == "llama-7b"
     assert model_display_name("openai-community/gpt2") == "openai-community/gpt2"  # a hub name stays
     assert model_display_name(None) == ""
+    # A model loaded from a local folder: inseq records the full path; the page shows only the folder's name.
+    local = copy.copy(attention_output)
+    local.info = dict(attention_output.info, model_name=str(folder))
+    html = write_explorer(local, tmp_path / "local.html").read_text(encoding="utf-8")
+    assert str(tmp_path) not in html
+    assert "<title>inseq_ext explorer: attention on my-finetuned-gpt2</title>" in html
 
 
 @pytest.fixture(scope="module")
