@@ -83,7 +83,9 @@ def context_limit(model: Any, tokenizer: Any | None = None) -> ContextLimit:
     return ContextLimit(tokens, ", ".join(source for _, source in candidates))
 
 
-def requested_new_tokens(model: Any, generation_args: Mapping[str, Any] | None = None) -> tuple[int | None, int | None]:
+def requested_new_tokens(
+    model: Any, generation_args: Mapping[str, Any] | None = None
+) -> tuple[int | None, int | None]:
     """``(max_new_tokens, max_length)`` that ``generate`` will use: the arguments first, then the model's
     generation config (``max_new_tokens`` wins over ``max_length`` when both are set, as in ``generate``)."""
     generation_args = generation_args or {}
@@ -163,18 +165,16 @@ def check_generation_length(
     def name(index: int) -> str:
         return "The prompt" if len(prompt_list) == 1 else f"Prompt {index}"
 
-    advice = "Shorten the prompt"
-    needed: list[tuple[int, str]] = []
+    shorten, fewer = "Shorten the prompt", "Shorten the prompt or ask for fewer new tokens (max_new_tokens)"
+    needed: list[tuple[int, str, str]] = []  # (positions, what needs them, what to do)
     prompt_counts = counts(prompt_list)
+    if is_encoder_decoder:  # the source has positions of its own
+        needed += [(count, f"{name(index)} is {count} tokens", shorten) for index, count in enumerate(prompt_counts)]
     if generated_texts is not None:
-        targets = _as_list(generated_texts)
-        target_counts = counts(targets, as_targets=is_encoder_decoder)
-        for index, count in enumerate(target_counts):
-            if is_encoder_decoder:
-                count += 1  # the decoder start token inseq prepends
-            what = "forced target" if is_encoder_decoder else "prompt with its forced target"
-            needed.append((count, f"{name(index)}'s {what} is {count} tokens"))
-        advice += " or the forced target"
+        for index, count in enumerate(counts(_as_list(generated_texts), as_targets=is_encoder_decoder)):
+            count += int(is_encoder_decoder)  # the decoder start token inseq prepends to targets
+            what = f"{name(index)}'s forced target" if is_encoder_decoder else f"{name(index)} with its forced target"
+            needed.append((count, f"{what} is {count} tokens", shorten + " or the forced target"))
     else:
         new_tokens, max_length = requested_new_tokens(model, generation_args)
         if max_new_tokens is not None:
@@ -183,23 +183,15 @@ def check_generation_length(
             if new_tokens is not None:
                 total = (1 if is_encoder_decoder else count) + int(new_tokens)
                 parts = f"{new_tokens} new tokens" if is_encoder_decoder else f"{count} + {new_tokens} new tokens"
-                needed.append((total, f"{name(index)} with its generation needs {total} tokens ({parts})"))
+                needed.append((total, f"{name(index)} with its generation needs {total} tokens ({parts})", fewer))
             elif max_length is not None:
                 total = int(max_length) if is_encoder_decoder else max(int(max_length), count + 1)
-                needed.append((total, f"{name(index)} with its generation needs {total} tokens (max_length)"))
+                needed.append((total, f"{name(index)} with its generation needs {total} tokens (max_length)", fewer))
             elif not is_encoder_decoder:
-                needed.append((count, f"{name(index)} is {count} tokens"))
-        advice += " or ask for fewer new tokens (max_new_tokens)"
-    if is_encoder_decoder:  # the source has positions of its own
-        for index, count in enumerate(prompt_counts):
-            if count > limit.tokens:
-                raise ValueError(
-                    f"{name(index)} is {count} tokens, over the limit of {limit.tokens} tokens of this model "
-                    f"({limit.source}). Shorten the prompt."
-                )
-    for total, description in needed:
+                needed.append((count, f"{name(index)} is {count} tokens", shorten))
+    for total, description, advice in needed:
         if total > limit.tokens:
             raise ValueError(
                 f"{description}, over the limit of {limit.tokens} tokens of this model ({limit.source}). {advice}."
             )
-    return max((total for total, _ in needed), default=0)
+    return max((total for total, _, _ in needed), default=0)

@@ -40,7 +40,8 @@ from __future__ import annotations
 import functools
 import inspect
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from inseq.models import AttributionModel
@@ -70,9 +71,8 @@ def repair_prompt_prefixes(model: Any, input_texts: list[str], generated_texts: 
     encodings = [model.encode(input_texts, add_special_tokens=flag).input_ids for flag in (True, False)]
     repaired = []
     for idx in mismatched:
-        renderings = {
-            model.decode(ids[idx : idx + 1], skip_special_tokens=skip)[0] for ids in encodings for skip in (False, True)
-        }
+        rows = [ids[idx : idx + 1] for ids in encodings]
+        renderings = {model.decode(row, skip_special_tokens=skip)[0] for row in rows for skip in (False, True)}
         # The longest rendering that fits is the most specific one (an empty one would match anything).
         for rendering in sorted(filter(None, renderings), key=len, reverse=True):
             if generated_texts[idx].startswith(rendering):
@@ -154,3 +154,15 @@ def uninstall_inseq_compat() -> None:
 def inseq_compat_installed() -> bool:
     """Whether both wrappers are in place."""
     return all(getattr(getattr(AttributionModel, name), _MARK, False) for name in _WRAPPERS)
+
+
+@contextmanager
+def without_inseq_compat() -> Iterator[None]:
+    """Run a block with inseq's own methods (e.g. to compare with inseq's behaviour); reinstalled afterwards."""
+    was_installed = inseq_compat_installed()
+    uninstall_inseq_compat()
+    try:
+        yield
+    finally:
+        if was_installed:
+            install_inseq_compat()
