@@ -67,12 +67,14 @@ def repair_prompt_prefixes(model: Any, input_texts: list[str], generated_texts: 
     mismatched = [idx for idx in range(len(input_texts)) if not generated_texts[idx].startswith(input_texts[idx])]
     if not mismatched:
         return []
-    # The prompt tokens as inseq encoded them for generate (with or without the tokenizer's special tokens).
-    encodings = [model.encode(input_texts, add_special_tokens=flag).input_ids for flag in (True, False)]
+    # The prompt tokens as inseq encoded them for generate (with or without the tokenizer's special tokens), with
+    # their left padding (as in a generated batch) and without it (as in a text written by hand).
+    encodings = [model.encode(input_texts, add_special_tokens=flag) for flag in (True, False)]
     repaired = []
     for idx in mismatched:
-        rows = [ids[idx : idx + 1] for ids in encodings]
-        renderings = {model.decode(row, skip_special_tokens=skip)[0] for row in rows for skip in (False, True)}
+        rows = [encoding.input_ids[idx] for encoding in encodings]
+        rows += [row[encoding.attention_mask[idx].bool()] for row, encoding in zip(rows, encodings, strict=True)]
+        renderings = {model.decode(row[None], skip_special_tokens=skip)[0] for row in rows for skip in (False, True)}
         # The longest rendering that fits is the most specific one (an empty one would match anything).
         for rendering in sorted(filter(None, renderings), key=len, reverse=True):
             if generated_texts[idx].startswith(rendering):
