@@ -1,8 +1,9 @@
-"""Two fixes to inseq 0.7.1's ``AttributionModel``, applied by ``import inseq_ext`` (:func:`install_inseq_compat`).
+"""Three fixes to inseq 0.7.1's model wrapper, applied by ``import inseq_ext`` (:func:`install_inseq_compat`).
 
-They sit in inseq's entry point, so they hold for every attribution method, ours and inseq's built-ins, and for
-inseq's own CLI. Each wraps one method of :class:`inseq.models.AttributionModel`; installing twice changes nothing,
-and :func:`uninstall_inseq_compat` puts inseq's methods back.
+They sit in inseq's model wrapper, before any method runs, so they hold for every attribution method, ours and
+inseq's built-ins, and for inseq's own CLI. Each wraps one method of :class:`inseq.models.AttributionModel` or
+:class:`inseq.models.HuggingfaceModel`; installing twice changes nothing, and :func:`uninstall_inseq_compat` (or
+the :func:`without_inseq_compat` block) puts inseq's own methods back.
 
 **1. Prompts of tokenizers that add a BOS token** (``AttributionModel.validate_attribute_args``).
 For a decoder-only model inseq generates, decodes each full sequence to text and asserts that the text starts
@@ -33,6 +34,13 @@ both numbers before anything runs (:func:`inseq_ext.generation_length.check_gene
 ``IndexError`` in the position embeddings or a misleading error after inseq silently truncated the text. The
 wrapper also passes inseq copies of the prompt/target lists, which inseq would otherwise edit in place (it writes
 the BOS string into empty prompts, and the repair above writes into the generated texts).
+
+**3. Models dispatched by accelerate** (the ``HuggingfaceModel.device`` setter).
+inseq moves the model to its device with ``model.to(device)`` unless the model has an ``hf_device_map``. Models
+given accelerate hooks by ``cpu_offload``, ``disk_offload`` or ``attach_align_device_hook`` have none: their
+offloaded weights are on the ``meta`` device between calls, so ``.to()`` fails ("Cannot copy out of meta tensor")
+and would anyway undo the placement accelerate manages. The wrapper leaves such models where they are, as inseq
+does for models with a device map; inputs go to inseq's device and accelerate's hooks move them on.
 """
 
 from __future__ import annotations
@@ -44,8 +52,10 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from inseq.models import AttributionModel
+from inseq.models import AttributionModel, HuggingfaceModel
+from inseq.utils import check_device
 
+from .attr.model_state import is_dispatched
 from .generation_length import check_generation_length
 
 logger = logging.getLogger(__name__)
@@ -128,34 +138,52 @@ def _checked_attribute(original: Callable[..., Any]) -> Callable[..., Any]:
     return attribute
 
 
-_WRAPPERS: dict[str, Callable[[Callable[..., Any]], Callable[..., Any]]] = {
-    "attribute": _checked_attribute,
-    "validate_attribute_args": _repairing_validate,
-}
+def _dispatch_aware_device(original: property) -> property:
+    @functools.wraps(original.fset)
+    def set_device(self, new_device: str) -> None:
+        if getattr(self, "device_map", None) is None and is_dispatched(getattr(self, "model", None)):
+            check_device(new_device)
+            self._device = new_device  # where inputs go; accelerate's hooks move them on to each module's device
+            return
+        original.fset(self, new_device)
+
+    return _WrappedProperty(original.fget, set_device, original.fdel, original.__doc__)
+
+
+class _WrappedProperty(property):
+    """A property whose setter is wrapped (a subclass, so that it can carry the marks functions carry)."""
+
+
+_PATCHES: tuple[tuple[type, str, Callable[[Any], Any]], ...] = (
+    (AttributionModel, "attribute", _checked_attribute),
+    (AttributionModel, "validate_attribute_args", _repairing_validate),
+    (HuggingfaceModel, "device", _dispatch_aware_device),
+)
 
 
 def install_inseq_compat() -> None:
-    """Wrap inseq's ``AttributionModel.attribute`` and ``validate_attribute_args`` (once; idempotent)."""
-    for name, make_wrapper in _WRAPPERS.items():
-        current = getattr(AttributionModel, name)
+    """Wrap inseq's ``attribute``, ``validate_attribute_args`` and ``device`` setter (once; idempotent)."""
+    for owner, name, make_wrapper in _PATCHES:
+        current = owner.__dict__[name]
         if getattr(current, _MARK, False):
             continue
         wrapper = make_wrapper(current)
+        wrapper.__wrapped__ = current
         setattr(wrapper, _MARK, True)
-        setattr(AttributionModel, name, wrapper)
+        setattr(owner, name, wrapper)
 
 
 def uninstall_inseq_compat() -> None:
     """Put inseq's own methods back (for comparisons and tests)."""
-    for name in _WRAPPERS:
-        current = getattr(AttributionModel, name)
+    for owner, name, _ in _PATCHES:
+        current = owner.__dict__[name]
         if getattr(current, _MARK, False):
-            setattr(AttributionModel, name, current.__wrapped__)
+            setattr(owner, name, current.__wrapped__)
 
 
 def inseq_compat_installed() -> bool:
-    """Whether both wrappers are in place."""
-    return all(getattr(getattr(AttributionModel, name), _MARK, False) for name in _WRAPPERS)
+    """Whether every wrapper is in place."""
+    return all(getattr(owner.__dict__[name], _MARK, False) for owner, name, _ in _PATCHES)
 
 
 @contextmanager

@@ -13,7 +13,6 @@ import inseq
 import pytest
 import torch
 from conftest import GREEDY
-from inseq.models import AttributionModel
 from tokenizers import AddedToken, processors
 from transformers import PreTrainedTokenizerFast
 
@@ -256,18 +255,25 @@ def test_gpt2_is_unchanged(gpt2_demo, method, monkeypatch):
 
 
 def test_install_is_idempotent_and_reversible():
-    wrapped = {name: getattr(AttributionModel, name) for name in ("attribute", "validate_attribute_args")}
+    patched = [(owner, name) for owner, name, _ in inseq_compat._PATCHES]
+    assert {(owner.__name__, name) for owner, name in patched} == {
+        ("AttributionModel", "attribute"),
+        ("AttributionModel", "validate_attribute_args"),
+        ("HuggingfaceModel", "device"),
+    }
+    wrappers = {key: key[0].__dict__[key[1]] for key in patched}
     install_inseq_compat()
     install_inseq_compat()
     assert inseq_compat_installed()
-    for name, wrapper in wrapped.items():
-        assert getattr(AttributionModel, name) is wrapper  # not wrapped twice
+    for (owner, name), wrapper in wrappers.items():
+        assert owner.__dict__[name] is wrapper  # not wrapped twice
         assert not hasattr(wrapper.__wrapped__, "__wrapped__")
     with without_inseq_compat():
         assert not inseq_compat_installed()
-        for name, wrapper in wrapped.items():
-            assert getattr(AttributionModel, name) is wrapper.__wrapped__  # inseq's own
+        for (owner, name), wrapper in wrappers.items():
+            assert owner.__dict__[name] is wrapper.__wrapped__  # inseq's own
     assert inseq_compat_installed()
+    assert all(owner.__dict__[name] is wrapper for (owner, name), wrapper in wrappers.items())
 
 
 def test_inseq_cli_on_the_llama_demo(capsys, tmp_path, llama_expected):
