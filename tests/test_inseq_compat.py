@@ -272,8 +272,7 @@ def test_install_is_idempotent_and_reversible():
         assert not inseq_compat_installed()
         for (owner, name), wrapper in wrappers.items():
             assert owner.__dict__[name] is wrapper.__wrapped__  # inseq's own
-    assert inseq_compat_installed()
-    assert all(owner.__dict__[name] is wrapper for (owner, name), wrapper in wrappers.items())
+    assert inseq_compat_installed()  # reinstalled after the block
 
 
 def test_inseq_cli_on_the_llama_demo(capsys, tmp_path, llama_expected):
