@@ -18,6 +18,7 @@ from transformers import PreTrainedTokenizerFast
 
 import inseq_ext
 from inseq_ext import inseq_compat
+from inseq_ext.evaluation.ground_truth import EAGER_ATTENTION_METHODS
 from inseq_ext.inseq_compat import inseq_compat_installed, install_inseq_compat, without_inseq_compat
 from inseq_ext.tiny_models import BOS, EOS, PAD, UNK, build_model, build_tokenizer
 
@@ -111,11 +112,19 @@ def expected_sequences(model, prompts: list[str], generation_args: dict, add_spe
 
 
 @pytest.fixture(scope="module")
-def llama_demo():
-    # Eager attention, so that inseq's ``attention`` (which reads output_attentions) runs on the same model.
-    return inseq.load_model(
-        inseq_ext.demo_model("llama"), "custom_saliency", model_kwargs={"attn_implementation": "eager"}
-    )
+def llama_demos():
+    """The Llama demo model as ``inseq.load_model`` gives it (SDPA attention), and an eager copy for methods that
+    read ``output_attentions`` (inseq's ``attention``, as the CLI loads it)."""
+    path = inseq_ext.demo_model("llama")
+    return {
+        "sdpa": inseq.load_model(path, "custom_saliency"),
+        "eager": inseq.load_model(path, "custom_saliency", model_kwargs={"attn_implementation": "eager"}),
+    }
+
+
+@pytest.fixture(scope="module")
+def llama_demo(llama_demos):
+    return llama_demos["sdpa"]
 
 
 @pytest.fixture(scope="module")
@@ -130,7 +139,8 @@ def test_inseq_alone_fails_on_the_llama_demo(llama_demo):
 
 
 @pytest.mark.parametrize("method", sorted(inseq.list_feature_attribution_methods()))
-def test_basic_call_on_llama_demo(llama_demo, llama_expected, method):
+def test_basic_call_on_llama_demo(llama_demos, llama_expected, method):
+    llama_demo = llama_demos["eager" if method in EAGER_ATTENTION_METHODS else "sdpa"]
     sequence, prompt_length = llama_expected
     tokenizer = llama_demo.tokenizer
     assert sequence.count(tokenizer.bos_token_id) == 1 and sequence[0] == tokenizer.bos_token_id
