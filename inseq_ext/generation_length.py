@@ -141,8 +141,8 @@ def check_generation_length(
             ``skip_special_tokens=True`` turns them off).
 
     Returns:
-        The largest number of positions one sequence needs (decoder side for encoder-decoders); 0 when the model
-        states no limit (nothing is counted then).
+        The largest number of positions one sequence needs (on either side for encoder-decoders); 0 when the
+        model states no limit (nothing is counted then).
 
     Raises:
         ValueError: naming the sequence, its length in tokens and the limit with its source.
