@@ -185,6 +185,12 @@ def run_attribute(args: argparse.Namespace) -> None:
     outputs = [(option, path) for option, path in requested if path is not None]
     name_or_path, label = resolve_model(args.model)
     attribution_model = load_attribution_model(name_or_path, label, args.method)
+    from .generation_length import check_generation_length
+
+    try:  # before generating: a prompt over the model's length would fail deep inside the model
+        check_generation_length(attribution_model, args.prompt, args.max_new_tokens)
+    except ValueError as error:
+        raise CLIError(str(error)) from None
     generated_text = greedy_continuation(attribution_model, args.prompt, args.max_new_tokens)
     print(f"Model: {label} | method: {args.method} | generated: {generated_text!r}", flush=True)
     attribute_kwargs: dict[str, Any] = {"step_scores": args.step_scores, "show_progress": not args.quiet}
@@ -281,6 +287,8 @@ def run_inseq(args: argparse.Namespace) -> int:
         except OSError as error:
             name = getattr(inseq_args, "model_name_or_path", None) or "?"
             raise CLIError(model_load_message(name, name, error)) from None
+        except ValueError as error:  # bad input found by inseq or inseq_ext (e.g. a prompt over the length limit)
+            raise CLIError(f"inseq {args.inseq_args[0]}: {error}") from None
     return 0
 
 
