@@ -198,6 +198,12 @@ def run_attribute(args: argparse.Namespace) -> None:
     # One model for all methods, with eager attention when one of them reads attention weights.
     loading_method = next((method for method in methods if method in EAGER_ATTENTION_METHODS), methods[0])
     attribution_model = load_attribution_model(name_or_path, label, loading_method)
+    from .generation_length import check_generation_length
+
+    try:  # before generating: a prompt over the model's length would fail deep inside the model
+        check_generation_length(attribution_model, args.prompt, args.max_new_tokens)
+    except ValueError as error:
+        raise CLIError(str(error)) from None
     generated_text = greedy_continuation(attribution_model, args.prompt, args.max_new_tokens)
     print(f"Model: {label} | method: {', '.join(methods)} | generated: {generated_text!r}", flush=True)
     attribute_kwargs: dict[str, Any] = {"step_scores": args.step_scores, "show_progress": not args.quiet}
@@ -315,6 +321,8 @@ def run_inseq(args: argparse.Namespace) -> int:
         except OSError as error:
             name = getattr(inseq_args, "model_name_or_path", None) or "?"
             raise CLIError(model_load_message(name, name, error)) from None
+        except ValueError as error:  # bad input found by inseq or inseq_ext (e.g. a prompt over the length limit)
+            raise CLIError(f"inseq {args.inseq_args[0]}: {error}") from None
     return 0
 
 
