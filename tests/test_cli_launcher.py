@@ -108,7 +108,7 @@ def test_help_lists_methods_defaults_and_demo_models(capsys):
     for method in inseq_ext_cli.ATTRIBUTION_METHODS:
         assert method in text
     assert "demo:translation" in text and "default: demo:gpt2" in text
-    assert "tokens to generate at most, greedily (default: " in text
+    assert "(default: the model's generation config, max_new_tokens or max_length, else 20;" in text
 
 
 def test_every_subcommand_handler_resolves():

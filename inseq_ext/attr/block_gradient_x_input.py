@@ -114,6 +114,7 @@ class BlockGradientXInputAttribution(StepGradientAttribution):
     """
 
     method_name = "block_gradient_x_input"
+    option_names = tuple(BlockOptions.__dataclass_fields__)
 
     def __init__(self, attribution_model, blocks: str | None = None, encoder_blocks: str | None = None, **kwargs):
         super().__init__(attribution_model, **kwargs)
@@ -126,7 +127,7 @@ class BlockGradientXInputAttribution(StepGradientAttribution):
 
     def get_attribution_args(self, **kwargs: Any) -> tuple[dict[str, Any], dict[str, Any]]:
         """Split ``model.attribute`` keyword arguments into this method's options (validated) and the rest."""
-        ours = {name: value for name, value in kwargs.items() if name in BlockOptions.__dataclass_fields__}
+        ours = {name: value for name, value in kwargs.items() if name in self.option_names}
         find_block_stacks(self.attribution_model.model, self.attribution_model.is_encoder_decoder, self.options(ours))
         return ours, {name: value for name, value in kwargs.items() if name not in ours}
 
