@@ -393,10 +393,11 @@ def run_ground_truth(args: argparse.Namespace) -> None:
                 print(f"{name} {method}: skipped (a method for decoder-only models)", file=sys.stderr, flush=True)
                 continue
             try:
-                if name in ENCODER_DECODER_DEMO_MODEL_NAMES:  # alignment accuracy per target word; one task
-                    result = evaluate_translation([method], args.per_task, name)[0]
-                else:
-                    result = evaluate_model(name, [method], args.per_task)[0]
+                with loading_quietly():
+                    if name in ENCODER_DECODER_DEMO_MODEL_NAMES:  # alignment accuracy per target word; one task
+                        result = evaluate_translation([method], args.per_task, name)[0]
+                    else:
+                        result = evaluate_model(name, [method], args.per_task)[0]
             except ValueError as error:
                 raise CLIError(str(error)) from None
             # Progress on stderr (a full run takes minutes); the table goes to stdout.

@@ -333,12 +333,14 @@ def test_demo_model_command(capsys):
 
 
 def test_ground_truth_command(capsys, tmp_path):
-    table_path = tmp_path / "table.md"
+    table_path = tmp_path / "tables" / "table.md"  # a folder that does not exist yet: created, and said so
     status, out, err = run_cli(capsys, "ground-truth", "--models", "gpt2", "--methods", "saliency", "random",
                                "--per-task", "1", "--markdown", str(table_path))  # fmt: skip
     assert status == 0, err
     assert "| gpt2 | `saliency` |" in out and "| gpt2 | random baseline |" in out
     assert table_path.read_text(encoding="utf-8") in out
+    assert f"Table written to {table_path} (created the folder {table_path.parent})" in out
+    assert "Loading weights" not in err
     status, _, err = run_cli(capsys, "ground-truth", "--models", "gpt2", "--methods", "nope", "--per-task", "1")
     assert_clean_error(status, err, "nope", "custom_saliency")
 
