@@ -40,6 +40,7 @@ from .attr.method_args import check_attribution_kwargs
 from .demo_models import DEMO_MODEL_NAMES, ENCODER_DECODER_DEMO_MODEL_NAMES, demo_model
 from .evaluation.ground_truth import EAGER_ATTENTION_METHODS
 from .files import atomic_output
+from .generation_length import check_generation_length, context_limit
 from .views.explorer import write_explorer
 from .views.heatmap import show_heatmap
 from .vocabulary import lowercase_vocabulary, unknown_words
@@ -171,15 +172,6 @@ def warn(message: str) -> None:
     print(f"{PROG}: warning: {message}", file=sys.stderr, flush=True)
 
 
-def position_limit(model: torch.nn.Module) -> int | None:
-    """How many positions the (decoder) model reads: learned or trained position count from its config."""
-    for name in ("max_position_embeddings", "n_positions", "max_target_positions"):
-        value = getattr(model.config, name, None)
-        if isinstance(value, int) and value > 0:
-            return value
-    return None
-
-
 def decoder_input_length(attribution_model: inseq.models.AttributionModel, prompt: str) -> int:
     """Tokens the decoder starts from: the prompt (decoder-only) or the decoder start token (encoder-decoder)."""
     if attribution_model.is_encoder_decoder:
@@ -187,38 +179,45 @@ def decoder_input_length(attribution_model: inseq.models.AttributionModel, promp
     return len(attribution_model.tokenizer(prompt)["input_ids"])
 
 
+def new_token_room(attribution_model: inseq.models.AttributionModel, prompt: str) -> int | None:
+    """How many new tokens fit after ``prompt`` within the model's limit
+    (:func:`~inseq_ext.generation_length.context_limit`); ``None`` when the model states no limit."""
+    limit = context_limit(attribution_model).tokens
+    return None if limit is None else limit - decoder_input_length(attribution_model, prompt)
+
+
 def resolve_max_new_tokens(
-    attribution_model: inseq.models.AttributionModel, prompt: str, requested: int | None, label: str
+    attribution_model: inseq.models.AttributionModel, prompt: str, requested: int | None
 ) -> int:
     """How many tokens to generate at most.
 
-    ``requested`` (``--max-new-tokens``) when given; otherwise the model's generation config (``max_new_tokens``,
-    else ``max_length`` less the decoder's starting length), else :data:`inseq_ext_cli.DEFAULT_MAX_NEW_TOKENS`.
-    Generation never runs past the model's positions: a requested count that would is an error naming the largest
-    that fits, a default is shortened to fit.
+    ``requested`` (``--max-new-tokens``) when given (checked afterwards by
+    :func:`~inseq_ext.generation_length.check_generation_length`); otherwise the model's generation config
+    (``max_new_tokens``, else ``max_length`` less the decoder's starting length), else
+    :data:`inseq_ext_cli.DEFAULT_MAX_NEW_TOKENS`, shortened to what fits in the model's limit.
     """
-    start = decoder_input_length(attribution_model, prompt)
-    if requested is None:
-        config = attribution_model.model.generation_config
-        if config.max_new_tokens is not None:
-            requested_by_config = config.max_new_tokens
-        elif config.max_length is not None:
-            requested_by_config = max(1, config.max_length - start)
-        else:
-            requested_by_config = inseq_ext_cli.DEFAULT_MAX_NEW_TOKENS
-    limit = position_limit(attribution_model.model)
-    room = None if limit is None else limit - start
-    if room is None or room < 1:  # a prompt at or past the limit is refused by the prompt-length check
-        return requested if requested is not None else requested_by_config
-    if requested is None:
-        return min(requested_by_config, room)
-    if requested > room:
-        raise CLIError(
-            f"--max-new-tokens {requested}: {label} reads at most {limit} positions and the "
-            f"{'prompt has' if not attribution_model.is_encoder_decoder else 'decoder starts with'} {start} "
-            f"token{'s' if start > 1 else ''}, so at most {room} new tokens fit; use --max-new-tokens {room} or less"
-        )
-    return requested
+    if requested is not None:
+        return requested
+    config = attribution_model.model.generation_config
+    if config.max_new_tokens is not None:
+        default = config.max_new_tokens
+    elif config.max_length is not None:
+        default = max(1, config.max_length - decoder_input_length(attribution_model, prompt))
+    else:
+        default = inseq_ext_cli.DEFAULT_MAX_NEW_TOKENS
+    room = new_token_room(attribution_model, prompt)
+    return default if room is None or room < 1 else min(default, room)  # room < 1: the length check refuses it
+
+
+def check_length(attribution_model: inseq.models.AttributionModel, prompt: str, max_new_tokens: int) -> None:
+    """The prompt and its generation fit the model (one-line error otherwise, naming the largest count that fits)."""
+    try:
+        check_generation_length(attribution_model, prompt, max_new_tokens)
+    except ValueError as error:
+        room = new_token_room(attribution_model, prompt)
+        fits = room is not None and room > 0  # otherwise the prompt alone is too long
+        hint = f" At most {room} new tokens fit after this prompt: use --max-new-tokens {room} or less."
+        raise CLIError(f"{error}{hint if fits else ''}") from None
 
 
 def greedy_continuation(attribution_model: inseq.models.AttributionModel, prompt: str, max_new_tokens: int) -> str:
@@ -347,7 +346,8 @@ def run_attribute(args: argparse.Namespace) -> None:
             "scores; leave out --step-scores or choose a per-step method such as custom_saliency"
         )
     prompt = prepare_prompt(attribution_model, args.prompt)
-    max_new_tokens = resolve_max_new_tokens(attribution_model, prompt, args.max_new_tokens, label)
+    max_new_tokens = resolve_max_new_tokens(attribution_model, prompt, args.max_new_tokens)
+    check_length(attribution_model, prompt, max_new_tokens)  # before generating: past the limit fails deep inside
     generated_text = greedy_continuation(attribution_model, prompt, max_new_tokens)
     print(f"Model: {label} | method: {args.method} | generated: {generated_text!r}", flush=True)
     attribute_kwargs: dict[str, Any] = {"step_scores": args.step_scores, "show_progress": not args.quiet}
@@ -451,6 +451,8 @@ def run_inseq(args: argparse.Namespace) -> int:
         except OSError as error:
             name = getattr(inseq_args, "model_name_or_path", None) or "?"
             raise CLIError(model_load_message(name, name, error)) from None
+        except ValueError as error:  # bad input found by inseq or inseq_ext (e.g. a prompt over the length limit)
+            raise CLIError(f"inseq {args.inseq_args[0]}: {error}") from None
     return 0
 
 

@@ -221,26 +221,26 @@ def test_bad_max_new_tokens(capsys, value):
 def test_generation_past_the_model_positions(capsys):
     """The demo GPT-2 has 128 positions: a generation that would run past them is refused before generating."""
     status, _, err = run_cli(capsys, "attribute", PROMPT, "--max-new-tokens", "200", "--no-show")
-    assert_clean_error(status, err, "--max-new-tokens 200", "at most 128 positions", "the prompt has 6 tokens",
-                       "--max-new-tokens 122 or less")  # fmt: skip
+    assert_clean_error(status, err, "206 tokens (6 + 200 new tokens), over the limit of 128 tokens",
+                       "At most 122 new tokens fit after this prompt: use --max-new-tokens 122 or less")  # fmt: skip
     status, out, err = run_cli(capsys, "attribute", PROMPT, "--max-new-tokens", "122", "--no-show", "-q")
     assert status == 0, err
 
 
 def test_default_length_comes_from_the_model_and_fits_its_positions():
     model = inseq.load_model(inseq_ext.demo_model("gpt2"), "dummy")
-    assert cli.resolve_max_new_tokens(model, PROMPT, None, "m") == inseq_ext_cli.DEFAULT_MAX_NEW_TOKENS
+    assert cli.resolve_max_new_tokens(model, PROMPT, None) == inseq_ext_cli.DEFAULT_MAX_NEW_TOKENS
     long_prompt = " ".join(["the"] * 120)
     length = len(model.tokenizer(long_prompt)["input_ids"])
     assert cli.decoder_input_length(model, long_prompt) == length and 128 - 20 < length < 128
-    assert cli.resolve_max_new_tokens(model, long_prompt, None, "m") == 128 - length  # shortened to fit
-    assert cli.resolve_max_new_tokens(model, long_prompt, 5, "m") == 5
+    assert cli.resolve_max_new_tokens(model, long_prompt, None) == 128 - length  # shortened to fit
+    assert cli.resolve_max_new_tokens(model, long_prompt, 5) == 5
     model.model.generation_config.max_new_tokens = 3
-    assert cli.resolve_max_new_tokens(model, PROMPT, None, "m") == 3
+    assert cli.resolve_max_new_tokens(model, PROMPT, None) == 3
     translation = inseq.load_model(inseq_ext.demo_model("translation"), "dummy")
     # Its generation config says max_length=32 decoder tokens, the first being the decoder start token.
     assert translation.model.generation_config.max_length == 32
-    assert cli.resolve_max_new_tokens(translation, "the cat sleeps .", None, "m") == 31
+    assert cli.resolve_max_new_tokens(translation, "the cat sleeps .", None) == 31
 
 
 def test_step_scores_unknown_name(capsys):
