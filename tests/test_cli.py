@@ -79,7 +79,8 @@ def test_attribute_writes_html_json_and_inseq_format(happy_run):
     # --html is the interactive explorer: one offline file whose embedded data holds the generation.
     assert 'id="explorer-data"' in html and "Washington" in html
     assert "http://" not in html and "https://" not in html
-    assert "Washington" in paths["heatmap"].read_text(encoding="utf-8")  # inseq's static heatmap
+    static = paths["heatmap"].read_text(encoding="utf-8")  # inseq's static heatmap, with the terminal's labels
+    assert "Washington" in static and "\u0120" not in static
     payload = json.loads(paths["json"].read_text(encoding="utf-8"))
     assert payload["method"] == "custom_saliency"
     sequence = payload["sequences"][0]
