@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import json
 import sys
 import tempfile
 from collections.abc import Callable, Sequence
@@ -39,6 +40,8 @@ from typing import Any
 
 PROG = "inseq-ext"
 DEMO_PREFIX = "demo:"
+#: New tokens generated when neither ``--max-new-tokens`` nor the model's generation config says how many.
+DEFAULT_MAX_NEW_TOKENS = 20
 
 #: Embedded demo models (``inseq_ext.demo_models.DEMO_MODEL_NAMES``).
 DEMO_MODEL_NAMES = ("gpt2", "llama", "translation")
@@ -184,6 +187,55 @@ def step_function_list(text: str) -> list[str]:
     return [step_function(name) for name in names]
 
 
+def model_reference(text: str) -> str:
+    """``demo:NAME``, a local model folder or a hub name; a missing folder or unknown demo model fails here.
+
+    A value that can only be a path (absolute, starting with ``.`` or ``~``, ending with ``/``, or with more than
+    one ``/``: hub names are ``name`` or ``owner/name``) must be an existing folder.
+    """
+    if text.startswith(DEMO_PREFIX):
+        if text[len(DEMO_PREFIX) :] not in DEMO_MODEL_NAMES:
+            choices = ", ".join(DEMO_PREFIX + name for name in DEMO_MODEL_NAMES)
+            raise argparse.ArgumentTypeError(f"unknown demo model {text!r}; choose one of: {choices}")
+        return text
+    path = Path(text).expanduser()
+    looks_like_path = text.startswith(("/", ".", "~")) or text.endswith(("/", "\\")) or text.count("/") > 1
+    if path.exists() and not path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text} is a file; give a model folder, a hub name or demo:NAME")
+    if looks_like_path and not path.exists():
+        raise argparse.ArgumentTypeError(f"no such folder: {text}")
+    return text
+
+
+def parse_value(text: str) -> Any:
+    """A command-line value as Python: JSON (``50``, ``0.5``, ``[1, 2]``, ``"text"``), ``true``/``false``/``none``
+    in any case, otherwise the text itself (``l1``)."""
+    lowered = text.strip().lower()
+    if lowered in ("true", "false"):
+        return lowered == "true"
+    if lowered in ("none", "null"):
+        return None
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+class MethodArgAction(argparse.Action):
+    """``--method-arg NAME=VALUE`` (repeatable) collected into a dict; a name given twice is an error."""
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        name, separator, raw = str(values).partition("=")
+        name = name.strip()
+        if not separator or not name.isidentifier():
+            parser.error(f"argument {option_string}: expected NAME=VALUE (e.g. norm=l1), got {values!r}")
+        collected = dict(getattr(namespace, self.dest) or {})
+        if name in collected:
+            parser.error(f"argument {option_string}: {name} given twice")
+        collected[name] = parse_value(raw)
+        setattr(namespace, self.dest, collected)
+
+
 def output_file(text: str) -> Path:
     """An output file: fails at once unless a file can be created there (missing parent folders will be created)."""
     path = Path(text).expanduser()
@@ -229,6 +281,8 @@ def add_attribute_command(commands: argparse._SubParsersAction) -> None:
         "--model",
         "-m",
         default=None,
+        type=model_reference,
+        metavar="MODEL",
         help=f"Hugging Face Hub name or local model folder, or an embedded demo model: {demo_models} "
         f"(default: {DEMO_PREFIX}gpt2)",
     )
@@ -245,9 +299,21 @@ def add_attribute_command(commands: argparse._SubParsersAction) -> None:
     attribute.add_argument(
         "--max-new-tokens",
         type=positive_int,
-        default=8,
+        default=None,
         metavar="N",
-        help="tokens to generate at most, greedily (default: %(default)s)",
+        help="tokens to generate at most, greedily; generation also stops at the end-of-text token (default: the "
+        f"model's generation config, max_new_tokens or max_length, else {DEFAULT_MAX_NEW_TOKENS}; never past the "
+        "model's positions)",
+    )
+    attribute.add_argument(
+        "--method-arg",
+        dest="method_args",
+        action=MethodArgAction,
+        default={},
+        metavar="NAME=VALUE",
+        help="an option of the method, repeatable: e.g. --method-arg norm=l1 --method-arg normalize=none "
+        "(custom_saliency), --method-arg n_steps=50 (integrated_gradients); values are read as JSON (numbers, "
+        "true/false, none, lists), else as text; unknown names are an error that lists the valid ones",
     )
     attribute.add_argument(
         "--attributed-fn",
