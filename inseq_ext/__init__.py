@@ -8,6 +8,7 @@ loads with no network.
 """
 
 from .attr import (
+    AttnLrpAttribution,
     BlockGradientXInputAttribution,
     CustomSaliencyAttribution,
     RotaryAttentionAttribution,
@@ -28,6 +29,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "DEMO_MODEL_NAMES",
+    "AttnLrpAttribution",
     "BlockGradientXInputAttribution",
     "CustomSaliencyAttribution",
     "RotaryAttentionAttribution",

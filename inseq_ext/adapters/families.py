@@ -2,10 +2,21 @@
 
 from __future__ import annotations
 
-from .base import AttentionSpec, ModelAdapter
+from .base import AttentionSpec, ModelAdapter, RelevanceSpec
 
 # Llama, Mistral and Qwen2 share one attention layout: q_proj / k_proj, rotary on the whole head.
 _LLAMA_ATTENTION = AttentionSpec(module="self_attn", query="q_proj", key="k_proj")
+# Llama, Mistral, Qwen2 and Qwen3: RMSNorm before attention and MLP, gated MLP
+# down_proj(act(gate_proj(x)) * up_proj(x));
+# Qwen3 also normalizes queries and keys per head.
+_LLAMA_RELEVANCE = RelevanceSpec(
+    norm_kind="rms",
+    epsilon_attribute="variance_epsilon",
+    block_norms=("input_layernorm", "post_attention_layernorm", "self_attn.q_norm", "self_attn.k_norm"),
+    model_norms=("model.norm",),
+    activations=("mlp.act_fn",),
+    gate_consumers=("mlp.down_proj",),
+)
 
 GPT2 = ModelAdapter(
     family="gpt2",
@@ -13,20 +24,43 @@ GPT2 = ModelAdapter(
     decoder_blocks="transformer.h",
     # No rotary embedding: positions enter through the input embeddings, attention is plain q k^T.
     attention=AttentionSpec(module="attn", query="c_attn", key="c_attn", layout="fused_stacked", rotary=False),
+    relevance=RelevanceSpec(
+        norm_kind="layer",
+        epsilon_attribute="eps",
+        block_norms=("ln_1", "ln_2"),
+        model_norms=("transformer.ln_f",),
+        activations=("mlp.act",),
+        # GPT2Attention's eager path with this flag calls its own _upcast_and_reordered_attn.
+        eager_bypass_flags=("reorder_and_upcast_attn",),
+    ),
 )
-LLAMA = ModelAdapter(family="llama", model_types=("llama",), decoder_blocks="model.layers", attention=_LLAMA_ATTENTION)
+LLAMA = ModelAdapter(
+    family="llama",
+    model_types=("llama",),
+    decoder_blocks="model.layers",
+    attention=_LLAMA_ATTENTION,
+    relevance=_LLAMA_RELEVANCE,
+)
 MISTRAL = ModelAdapter(
     family="mistral",
     model_types=("mistral",),
     decoder_blocks="model.layers",
     attention=AttentionSpec(module="self_attn", query="q_proj", key="k_proj", sliding_window_from_config=True),
+    relevance=_LLAMA_RELEVANCE,
 )
-QWEN2 = ModelAdapter(family="qwen2", model_types=("qwen2",), decoder_blocks="model.layers", attention=_LLAMA_ATTENTION)
+QWEN2 = ModelAdapter(
+    family="qwen2",
+    model_types=("qwen2",),
+    decoder_blocks="model.layers",
+    attention=_LLAMA_ATTENTION,
+    relevance=_LLAMA_RELEVANCE,
+)
 QWEN3 = ModelAdapter(
     family="qwen3",
     model_types=("qwen3",),
     decoder_blocks="model.layers",
     attention=AttentionSpec(module="self_attn", query="q_proj", key="k_proj", query_norm="q_norm", key_norm="k_norm"),
+    relevance=_LLAMA_RELEVANCE,
 )
 GPT_NEOX = ModelAdapter(
     family="gpt_neox",
@@ -38,6 +72,13 @@ GPT_NEOX = ModelAdapter(
         key="query_key_value",
         layout="fused_per_head",
         head_dim_attribute="head_size",
+    ),
+    relevance=RelevanceSpec(
+        norm_kind="layer",
+        epsilon_attribute="eps",
+        block_norms=("input_layernorm", "post_attention_layernorm"),
+        model_norms=("gpt_neox.final_layer_norm",),
+        activations=("mlp.act",),
     ),
 )
 PHI = ModelAdapter(
@@ -52,12 +93,34 @@ PHI = ModelAdapter(
         key_norm="k_layernorm",
         norm_heads_first=True,
     ),
+    # One LayerNorm feeds attention and MLP in parallel; q/k LayerNorms only with qk_layernorm=True.
+    relevance=RelevanceSpec(
+        norm_kind="layer",
+        epsilon_attribute="eps",
+        block_norms=("input_layernorm", "self_attn.q_layernorm", "self_attn.k_layernorm"),
+        model_norms=("model.final_layernorm",),
+        activations=("mlp.activation_fn",),
+    ),
 )
 BART = ModelAdapter(
     family="bart",
     model_types=("bart", "marian", "mbart"),
     decoder_blocks="model.decoder.layers",
     encoder_blocks="model.encoder.layers",
+    # Post-norm blocks (LayerNorm after each residual sum); BART normalizes the embeddings, mBART also each stack's
+    # output, Marian neither.
+    relevance=RelevanceSpec(
+        norm_kind="layer",
+        epsilon_attribute="eps",
+        block_norms=("self_attn_layer_norm", "encoder_attn_layer_norm", "final_layer_norm"),
+        model_norms=(
+            "model.encoder.layernorm_embedding",
+            "model.decoder.layernorm_embedding",
+            "model.encoder.layer_norm",
+            "model.decoder.layer_norm",
+        ),
+        activations=("activation_fn",),
+    ),
 )
 T5 = ModelAdapter(
     family="t5", model_types=("t5", "mt5"), decoder_blocks="decoder.block", encoder_blocks="encoder.block"

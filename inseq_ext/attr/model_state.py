@@ -72,11 +72,23 @@ def count_hooks(module: torch.nn.Module) -> int:
     )
 
 
+class _UndoHandle:
+    """A change outside PyTorch's hook lists (e.g. an entry of transformers' attention registry), undone on remove."""
+
+    def __init__(self, undo: Callable[[], None]) -> None:
+        self._undo: Callable[[], None] | None = undo
+
+    def remove(self) -> None:
+        undo, self._undo = self._undo, None
+        if undo is not None:
+            undo()
+
+
 class HookSet:
     """Hooks registered by one attribution call; :meth:`remove_all` takes every one of them off again."""
 
     def __init__(self) -> None:
-        self._handles: list[RemovableHandle] = []
+        self._handles: list[RemovableHandle | _UndoHandle] = []
 
     def forward_hook(self, module: torch.nn.Module, hook: Callable, **kwargs) -> RemovableHandle:
         handle = module.register_forward_hook(hook, **kwargs)
@@ -88,9 +100,20 @@ class HookSet:
         self._handles.append(handle)
         return handle
 
+    def on_remove(self, undo: Callable[[], None]) -> None:
+        """Run ``undo`` when the hooks are removed (in reverse order of registration, with the hooks)."""
+        self._handles.append(_UndoHandle(undo))
+
     def remove_all(self) -> None:
+        """Remove every hook and run every undo, newest first; the first error is raised after all have run."""
+        error: BaseException | None = None
         while self._handles:
-            self._handles.pop().remove()
+            try:
+                self._handles.pop().remove()
+            except BaseException as exc:  # noqa: BLE001 - keep removing the others, then re-raise
+                error = error or exc
+        if error is not None:
+            raise error
 
     def __len__(self) -> int:
         return len(self._handles)
