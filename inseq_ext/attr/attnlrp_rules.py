@@ -27,7 +27,7 @@ import torch
 from torch.autograd import Function
 
 from ..adapters import RelevanceSpec, get_adapter, registered_adapters, resolve_module
-from .model_state import HookSet
+from .model_state import HookSet, parameter_value
 
 #: Gradient factors of the attention function's inputs. The value enters one product (attention weights x values):
 #: uniform rule, 1/2. The query and the key enter the product q k^T (1/2), whose softmax output then enters the
@@ -128,7 +128,8 @@ def _normalization_hook(spec: RelevanceSpec) -> Callable:
         x = args[0]
         if not _tracks_gradient(x):
             return None
-        weight = getattr(module, "weight", None)
+        weight = parameter_value(module, "weight")  # offloaded weights are read from accelerate's map
+        weight = None if weight is None else weight.to(x.device)
         epsilon = float(getattr(module, spec.epsilon_attribute))
         return NormalizationRule.apply(x, output.detach(), weight, epsilon, spec.norm_kind == "layer")
 

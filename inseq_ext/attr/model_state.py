@@ -90,6 +90,23 @@ def is_dispatched(model: torch.nn.Module | None) -> bool:
     return isinstance(model, torch.nn.Module) and any(hasattr(module, "_hf_hook") for module in model.modules())
 
 
+def parameter_value(module: torch.nn.Module, name: str) -> torch.Tensor | None:
+    """The value of ``module``'s parameter ``name`` (``None`` if it has none), also when accelerate offloaded it.
+
+    Offloaded parameters sit on the ``meta`` device outside the module's own forward; their values are then read
+    from the weights map of accelerate's hook on the module.
+    """
+    param = getattr(module, name, None)
+    if param is None or param.device.type != "meta":
+        return param
+    hook = getattr(module, "_hf_hook", None)
+    for part in getattr(hook, "hooks", (hook,)):
+        weights_map = getattr(part, "weights_map", None)
+        if weights_map is not None and name in weights_map:
+            return weights_map[name]
+    raise ValueError(f"{type(module).__name__}.{name} is on the meta device and accelerate holds no value for it.")
+
+
 class HookSet:
     """Hooks registered by one attribution call; :meth:`remove_all` takes every one of them off again."""
 
