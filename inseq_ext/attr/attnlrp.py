@@ -32,7 +32,8 @@ class AttnLrpAttribution(StepGradientAttribution):
 
     For generated token :math:`t` with step function :math:`F_t` (inseq's ``attributed_fn``) and input embedding
     :math:`e_i`, the relevance is gradient x input summed over the hidden size, with the gradient taken through a
-    backward pass whose rules are AttnLRP's (the paper's efficient formulation, Sec. 3.4):
+    backward pass whose rules are AttnLRP's (the efficient gradient x input formulation of the authors'
+    implementation lxt, described by Arras et al., 2025, arXiv:2502.15886):
 
     .. math::
         R_{i,t} = \sum_d e_i[d] \, \widetilde{\partial}_{e_i[d]} F_t

@@ -41,10 +41,11 @@ GATE_FACTOR = 0.5
 class ScaleGradient(Function):
     r"""Identity in the forward pass; the backward pass multiplies the gradient by a constant factor.
 
-    Uniform rule (AttnLRP, Eq. 7): for a product :math:`y = a \cdot b` of two inputs, gradient x input gives
-    each factor the whole relevance (:math:`a\,\partial y/\partial a = b\,\partial y / \partial b = y`), so each
-    must receive half of it: the gradient reaching each factor is multiplied by 1/2. For a sum of products
-    (a matrix product), the same holds term by term.
+    Uniform rule (AttnLRP, for bilinear products): for a product :math:`y = a \cdot b` of two inputs, gradient x
+    input gives each factor the whole relevance
+    (:math:`a\,\partial y/\partial a = b\,\partial y / \partial b = y`), so each must receive half of it: the
+    gradient reaching each factor is multiplied by 1/2. For a sum of products (a matrix product), the same holds
+    term by term.
     """
 
     @staticmethod
@@ -60,8 +61,8 @@ class ScaleGradient(Function):
 class IdentityRule(Function):
     r"""Element-wise activation :math:`y = f(x)` whose backward pass is the identity rule.
 
-    Identity rule (AttnLRP, Eq. 9): :math:`R(x_i) = R(y_i)`. In gradient x input form the gradient becomes
-    :math:`\partial F / \partial x_i := (f(x_i) / x_i)\, \partial F / \partial y_i`, so that
+    Identity rule (AttnLRP, for element-wise functions): :math:`R(x_i) = R(y_i)`. In gradient x input form the
+    gradient becomes :math:`\partial F / \partial x_i := (f(x_i) / x_i)\, \partial F / \partial y_i`, so that
     :math:`x_i \cdot \partial F/\partial x_i = y_i \cdot \partial F / \partial y_i`; where :math:`x_i = 0` the
     factor is 0 (SiLU and GELU give :math:`f(0) = 0`: there is no relevance to pass). The forward value is the
     model's own output ``y``.
@@ -83,7 +84,7 @@ class IdentityRule(Function):
 class NormalizationRule(Function):
     r"""Normalization layer whose backward pass treats the normalizing statistic as a constant.
 
-    Identity rule for normalization (AttnLRP, Sec. 3.3, "normalization layers"; Ali et al., ICML 2022): the
+    Identity rule for normalization (AttnLRP; Ali et al., ICML 2022, "XAI for Transformers"): the
     division by the standard deviation (or root mean square) is an element-wise rescaling by a per-token constant
     :math:`r`, so the layer becomes linear in :math:`x` and the ε-rule applies to what remains:
 
