@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import json
 import sys
 import tempfile
 from collections.abc import Callable, Sequence
@@ -39,6 +40,8 @@ from typing import Any
 
 PROG = "inseq-ext"
 DEMO_PREFIX = "demo:"
+#: New tokens generated when neither ``--max-new-tokens`` nor the model's generation config says how many.
+DEFAULT_MAX_NEW_TOKENS = 20
 
 #: Embedded demo models (``inseq_ext.demo_models.DEMO_MODEL_NAMES``).
 DEMO_MODEL_NAMES = ("gpt2", "llama", "translation")
@@ -141,6 +144,32 @@ def attribution_method(name: str) -> str:
     return name
 
 
+def attribution_method_list(text: str) -> list[str]:
+    """One method or several, comma-separated (``custom_saliency,attention``): compared on the same generation."""
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    if not names:
+        raise argparse.ArgumentTypeError(f"no method named; choose from: {', '.join(sorted(ATTRIBUTION_METHODS))}")
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise argparse.ArgumentTypeError(f"{', '.join(repeated)} listed twice")
+    return [attribution_method(name) for name in names]
+
+
+class MethodsAction(argparse.Action):
+    """Stores ``--method a,b``: ``args.method`` is the first method, ``args.methods`` all of them.
+
+    (Parsed here rather than by ``type=``: argparse would also run ``type`` on the string default.)
+    """
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any, option=None):
+        try:
+            names = attribution_method_list(values)
+        except argparse.ArgumentTypeError as error:
+            raise argparse.ArgumentError(self, str(error)) from None
+        setattr(namespace, self.dest, names[0])
+        namespace.methods = names
+
+
 def ground_truth_method(name: str) -> str:
     return name if name == RANDOM_BASELINE else attribution_method(name)
 
@@ -157,6 +186,55 @@ def step_function_list(text: str) -> list[str]:
     if not names:
         raise argparse.ArgumentTypeError(f"no step function named; choose from: {', '.join(STEP_FUNCTIONS)}")
     return [step_function(name) for name in names]
+
+
+def model_reference(text: str) -> str:
+    """``demo:NAME``, a local model folder or a hub name; a missing folder or unknown demo model fails here.
+
+    A value that can only be a path (absolute, starting with ``.`` or ``~``, ending with ``/``, or with more than
+    one ``/``: hub names are ``name`` or ``owner/name``) must be an existing folder.
+    """
+    if text.startswith(DEMO_PREFIX):
+        if text[len(DEMO_PREFIX) :] not in DEMO_MODEL_NAMES:
+            choices = ", ".join(DEMO_PREFIX + name for name in DEMO_MODEL_NAMES)
+            raise argparse.ArgumentTypeError(f"unknown demo model {text!r}; choose one of: {choices}")
+        return text
+    path = Path(text).expanduser()
+    looks_like_path = text.startswith(("/", ".", "~")) or text.endswith(("/", "\\")) or text.count("/") > 1
+    if path.exists() and not path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text} is a file; give a model folder, a hub name or demo:NAME")
+    if looks_like_path and not path.exists():
+        raise argparse.ArgumentTypeError(f"no such folder: {text}")
+    return text
+
+
+def parse_value(text: str) -> Any:
+    """A command-line value as Python: JSON (``50``, ``0.5``, ``[1, 2]``, ``"text"``), ``true``/``false``/``none``
+    in any case, otherwise the text itself (``l1``)."""
+    lowered = text.strip().lower()
+    if lowered in ("true", "false"):
+        return lowered == "true"
+    if lowered in ("none", "null"):
+        return None
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+class MethodArgAction(argparse.Action):
+    """``--method-arg NAME=VALUE`` (repeatable) collected into a dict; a name given twice is an error."""
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        name, separator, raw = str(values).partition("=")
+        name = name.strip()
+        if not separator or not name.isidentifier():
+            parser.error(f"argument {option_string}: expected NAME=VALUE (e.g. norm=l1), got {values!r}")
+        collected = dict(getattr(namespace, self.dest) or {})
+        if name in collected:
+            parser.error(f"argument {option_string}: {name} given twice")
+        collected[name] = parse_value(raw)
+        setattr(namespace, self.dest, collected)
 
 
 def output_file(text: str) -> Path:
@@ -204,6 +282,8 @@ def add_attribute_command(commands: argparse._SubParsersAction) -> None:
         "--model",
         "-m",
         default=None,
+        type=model_reference,
+        metavar="MODEL",
         help=f"Hugging Face Hub name or local model folder, or an embedded demo model: {demo_models} "
         f"(default: {DEMO_PREFIX}gpt2)",
     )
@@ -211,17 +291,30 @@ def add_attribute_command(commands: argparse._SubParsersAction) -> None:
         "--method",
         "-a",
         default=DEFAULT_METHOD,
-        type=attribution_method,
-        metavar="NAME",
+        action=MethodsAction,
+        metavar="NAME[,NAME...]",
         help=f"attribution method (default: {DEFAULT_METHOD}); this package: {', '.join(PACKAGE_METHODS)}; "
-        f"inseq: {', '.join(INSEQ_METHODS)}",
+        f"inseq: {', '.join(INSEQ_METHODS)}. Several, comma-separated (e.g. custom_saliency,attention), are "
+        "compared on the same generation in one --html explorer",
     )
     attribute.add_argument(
         "--max-new-tokens",
         type=positive_int,
-        default=8,
+        default=None,
         metavar="N",
-        help="tokens to generate at most, greedily (default: %(default)s)",
+        help="tokens to generate at most, greedily; generation also stops at the end-of-text token (default: the "
+        f"model's generation config, max_new_tokens or max_length, else {DEFAULT_MAX_NEW_TOKENS}; never past the "
+        "model's positions)",
+    )
+    attribute.add_argument(
+        "--method-arg",
+        dest="method_args",
+        action=MethodArgAction,
+        default={},
+        metavar="NAME=VALUE",
+        help="an option of the method, repeatable: e.g. --method-arg norm=l1 --method-arg normalize=none "
+        "(custom_saliency), --method-arg n_steps=50 (integrated_gradients); values are read as JSON (numbers, "
+        "true/false, none, lists), else as text; unknown names are an error that lists the valid ones",
     )
     attribute.add_argument(
         "--attributed-fn",

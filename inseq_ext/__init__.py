@@ -23,7 +23,7 @@ from .generation_length import check_generation_length, context_limit
 from .inseq_compat import install_inseq_compat
 from .moved_modules import install_moved_module_finder
 from .step_functions import register_step_functions
-from .views import aggregate_granularity, score_of, span_attribution, write_explorer
+from .views import aggregate_granularity, explore, score_of, span_attribution, write_explorer
 
 register_step_functions()
 install_moved_module_finder()
@@ -44,6 +44,7 @@ __all__ = [
     "check_generation_length",
     "context_limit",
     "demo_model",
+    "explore",
     "normalized_saliency",
     "score_of",
     "span_attribution",

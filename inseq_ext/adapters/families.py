@@ -22,6 +22,7 @@ GPT2 = ModelAdapter(
     family="gpt2",
     model_types=("gpt2",),
     decoder_blocks="transformer.h",
+    final_norm="transformer.ln_f",
     # No rotary embedding: positions enter through the input embeddings, attention is plain q k^T.
     attention=AttentionSpec(module="attn", query="c_attn", key="c_attn", layout="fused_stacked", rotary=False),
     relevance=RelevanceSpec(
@@ -39,6 +40,7 @@ LLAMA = ModelAdapter(
     model_types=("llama",),
     decoder_blocks="model.layers",
     attention=_LLAMA_ATTENTION,
+    final_norm="model.norm",
     relevance=_LLAMA_RELEVANCE,
 )
 MISTRAL = ModelAdapter(
@@ -46,6 +48,7 @@ MISTRAL = ModelAdapter(
     model_types=("mistral",),
     decoder_blocks="model.layers",
     attention=AttentionSpec(module="self_attn", query="q_proj", key="k_proj", sliding_window_from_config=True),
+    final_norm="model.norm",
     relevance=_LLAMA_RELEVANCE,
 )
 QWEN2 = ModelAdapter(
@@ -53,6 +56,7 @@ QWEN2 = ModelAdapter(
     model_types=("qwen2",),
     decoder_blocks="model.layers",
     attention=_LLAMA_ATTENTION,
+    final_norm="model.norm",
     relevance=_LLAMA_RELEVANCE,
 )
 QWEN3 = ModelAdapter(
@@ -60,6 +64,7 @@ QWEN3 = ModelAdapter(
     model_types=("qwen3",),
     decoder_blocks="model.layers",
     attention=AttentionSpec(module="self_attn", query="q_proj", key="k_proj", query_norm="q_norm", key_norm="k_norm"),
+    final_norm="model.norm",
     relevance=_LLAMA_RELEVANCE,
 )
 GPT_NEOX = ModelAdapter(
@@ -73,6 +78,7 @@ GPT_NEOX = ModelAdapter(
         layout="fused_per_head",
         head_dim_attribute="head_size",
     ),
+    final_norm="gpt_neox.final_layer_norm",
     relevance=RelevanceSpec(
         norm_kind="layer",
         epsilon_attribute="eps",
@@ -93,6 +99,7 @@ PHI = ModelAdapter(
         key_norm="k_layernorm",
         norm_heads_first=True,
     ),
+    final_norm="model.final_layernorm",
     # One LayerNorm feeds attention and MLP in parallel; q/k LayerNorms only with qk_layernorm=True.
     relevance=RelevanceSpec(
         norm_kind="layer",
@@ -107,6 +114,9 @@ BART = ModelAdapter(
     model_types=("bart", "marian", "mbart"),
     decoder_blocks="model.decoder.layers",
     encoder_blocks="model.encoder.layers",
+    # Post-norm BART and Marian end their blocks with a norm and have none after the stack; pre-norm mBART has one.
+    final_norm="model.decoder.layer_norm",
+    encoder_final_norm="model.encoder.layer_norm",
     # Post-norm blocks (LayerNorm after each residual sum); BART normalizes the embeddings, mBART also each stack's
     # output, Marian neither.
     relevance=RelevanceSpec(
@@ -123,7 +133,12 @@ BART = ModelAdapter(
     ),
 )
 T5 = ModelAdapter(
-    family="t5", model_types=("t5", "mt5"), decoder_blocks="decoder.block", encoder_blocks="encoder.block"
+    family="t5",
+    model_types=("t5", "mt5"),
+    decoder_blocks="decoder.block",
+    encoder_blocks="encoder.block",
+    final_norm="decoder.final_layer_norm",
+    encoder_final_norm="encoder.final_layer_norm",
 )
 
 BUILT_IN_ADAPTERS = (GPT2, LLAMA, MISTRAL, QWEN2, QWEN3, GPT_NEOX, PHI, BART, T5)
