@@ -47,7 +47,7 @@ DEFAULT_MAX_NEW_TOKENS = 20
 DEMO_MODEL_NAMES = ("gpt2", "llama", "translation")
 #: This package's attribution methods, then inseq 0.7.1's built-ins: together, inseq's registry after
 #: ``import inseq_ext`` (``inseq.list_feature_attribution_methods()``).
-PACKAGE_METHODS = ("custom_saliency", "block_gradient_x_input", "rotary_attention")
+PACKAGE_METHODS = ("custom_saliency", "block_gradient_x_input", "rotary_attention", "attnlrp")
 INSEQ_METHODS = (
     "attention",
     "deeplift",
@@ -97,6 +97,7 @@ GROUND_TRUTH_METHODS = (
     "attention",
     "rotary_attention",
     "block_gradient_x_input",
+    "attnlrp",
     RANDOM_BASELINE,
 )
 

@@ -9,6 +9,7 @@ Llama's, and a length check before generating) for every inseq method.
 """
 
 from .attr import (
+    AttnLrpAttribution,
     BlockGradientXInputAttribution,
     CustomSaliencyAttribution,
     RotaryAttentionAttribution,
@@ -32,6 +33,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "DEMO_MODEL_NAMES",
+    "AttnLrpAttribution",
     "BlockGradientXInputAttribution",
     "CustomSaliencyAttribution",
     "RotaryAttentionAttribution",

@@ -1,5 +1,6 @@
 """Attribution methods of inseq_ext, registered in inseq's method registry on import."""
 
+from .attnlrp import AttnLrpAttribution
 from .base import ExtFeatureAttribution
 from .block_gradient_x_input import BlockGradientXInputAttribution, BlockGradientXInputSequenceOutput
 from .custom_saliency import CustomSaliencyAttribution, SaliencyOptions, normalized_saliency
@@ -9,6 +10,7 @@ from .query_key_capture import QueryKeyCapture, capture_queries_keys, rebuild_at
 from .rotary_attention import RotaryAttentionAttribution
 
 __all__ = [
+    "AttnLrpAttribution",
     "BlockGradientXInputAttribution",
     "BlockGradientXInputSequenceOutput",
     "CustomSaliencyAttribution",

@@ -42,6 +42,7 @@ DEFAULT_METHODS = (
     "attention",
     "rotary_attention",
     "block_gradient_x_input",
+    "attnlrp",
     RANDOM_BASELINE,
 )
 TASKS = ("facts", "sentiment", "lookup", "copy")

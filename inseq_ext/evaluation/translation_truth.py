@@ -38,6 +38,7 @@ DEFAULT_TRANSLATION_METHODS = (
     "input_x_gradient",
     "integrated_gradients",
     "attention",
+    "attnlrp",
     RANDOM_BASELINE,
 )
 # inseq's first generation step of an encoder-decoder predicts "<s>" after the decoder start token; target word i
