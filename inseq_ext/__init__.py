@@ -8,6 +8,7 @@ loads with no network.
 """
 
 from .attr import (
+    AttentionRolloutAttribution,
     BlockGradientXInputAttribution,
     CustomSaliencyAttribution,
     RotaryAttentionAttribution,
@@ -27,6 +28,7 @@ install_moved_module_finder()
 __version__ = "0.1.0"
 
 __all__ = [
+    "AttentionRolloutAttribution",
     "DEMO_MODEL_NAMES",
     "BlockGradientXInputAttribution",
     "CustomSaliencyAttribution",

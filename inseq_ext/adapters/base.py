@@ -47,6 +47,12 @@ class AttentionSpec:
             on the first ``cos.shape[-1]`` channels of each head, so partial rotary needs nothing extra).
         sliding_window_from_config: Use ``config.sliding_window`` for every layer when the attention module has no
             ``sliding_window`` attribute of its own (Mistral).
+        score_bias_output: Index, in the attention module's output tuple, of an additive bias on the scores
+            (``(batch or 1, heads, queries, keys)``, before the mask), e.g. T5's relative position bias (output 1 of
+            ``T5Attention``); ``None`` when the scores have no such bias.
+
+    The same description serves the self-attention of a decoder-only model, and an encoder-decoder's encoder
+    self-attention, decoder self-attention and cross-attention (whose keys are projections of the encoder output).
     """
 
     module: str
@@ -59,6 +65,7 @@ class AttentionSpec:
     head_dim_attribute: str = "head_dim"
     rotary: bool = True
     sliding_window_from_config: bool = False
+    score_bias_output: int | None = None
 
 
 @dataclass(frozen=True)
@@ -71,6 +78,9 @@ class ModelAdapter:
         decoder_blocks: Path of the decoder's (or decoder-only model's) block list, e.g. ``"model.layers"``.
         encoder_blocks: Path of the encoder's block list, for encoder-decoder models.
         attention: Where the decoder blocks' self-attention computes queries and keys (``None``: not described).
+        encoder_attention: Where the encoder blocks' self-attention computes them (encoder-decoders).
+        cross_attention: Where the decoder blocks' cross-attention (queries from the decoder, keys from the encoder
+            output) computes them (encoder-decoders).
     """
 
     family: str
@@ -78,6 +88,8 @@ class ModelAdapter:
     decoder_blocks: str
     encoder_blocks: str | None = None
     attention: AttentionSpec | None = None
+    encoder_attention: AttentionSpec | None = None
+    cross_attention: AttentionSpec | None = None
 
     def block_stacks(self, model: torch.nn.Module) -> BlockStacks:
         return BlockStacks(
