@@ -49,8 +49,9 @@ def step_scores_from_output(
     Returns:
         ``name -> (sequences,)`` scores on the CPU.
     """
-    # inseq squeezes the target ids before building the step functions' arguments; a single sequence gives a scalar.
-    target_ids = target_ids.reshape(-1, 1).squeeze()
+    # inseq squeezes the ids to (sequences,), but a single sequence to a scalar, on which its ``crossentropy`` and
+    # ``perplexity`` fail ("Expected input batch_size (1) to match target batch_size (0)"); one id per sequence here.
+    target_ids = target_ids.reshape(-1)
     args = attribution_model.formatter.format_step_function_args(
         attribution_model=attribution_model,
         forward_output=forward_output,
