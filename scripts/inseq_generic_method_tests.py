@@ -34,7 +34,7 @@ GENERIC_TESTS = (
 )
 
 STAND_IN_CONFTEST = '''
-"""Stand-in models for inseq's tests: hub names answered by seeded tiny models (written by inseq_generic_method_tests)."""
+"""Stand-in models for inseq's tests: hub names answered by seeded tiny models."""
 import inseq
 
 import inseq_ext  # registers inseq_ext's methods
