@@ -96,3 +96,20 @@ def test_split_between_the_pass_and_inseq():
         ["probability", "logprob"],
         ["mc_dropout_prob_avg", "custom"],
     )
+
+
+@pytest.mark.parametrize("method", ["rotary_attention", "attention_rollout"])
+def test_both_paths_give_the_same_attributions(method, attribution_models):
+    """Decoder-only without step scores: inseq's final-step path (one call); with them: the per-step path."""
+    model = attribution_models("qwen3")
+    attribution_method = model.get_attribution_method(method)
+    assert attribution_method.is_final_step_method is False  # as inseq reads it before the call: no refusal
+    one_call = model.attribute(PROMPTS, method=method, generation_args=GREEDY, show_progress=False)
+    generated = one_call.info["generated_texts"]
+    per_step = model.attribute(PROMPTS, method=method, generation_args=GREEDY, step_scores=["probability"],
+                               show_progress=False)  # fmt: skip
+    assert per_step.info["generated_texts"] == generated and attribution_method.is_final_step_method is False
+    for first, second in zip(one_call.sequence_attributions, per_step.sequence_attributions, strict=True):
+        assert first.step_scores == {} and list(second.step_scores) == ["probability"]
+        torch.testing.assert_close(first.target_attributions, second.target_attributions, equal_nan=True)
+        assert [token.token for token in first.target] == [token.token for token in second.target]

@@ -2,8 +2,6 @@ r"""``attention_rollout``: attention rolled out through the layers (Abnar & Zuid
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 from inseq.data import CoarseFeatureAttributionStepOutput
 
@@ -111,7 +109,7 @@ class AttentionRolloutAttribution(QueryKeyAttribution):
 
     Output: inseq's token-level (coarse) output, ``(prefix, generated tokens)`` per sequence (``rotary_attention``'s
     layout without the layer and head axes); the default aggregation leaves the scores as they are. Like
-    ``rotary_attention``, a per-step method served by one pass, so ``step_scores`` work.
+    ``rotary_attention``, served by one pass on inseq's per-step or final-step path, so ``step_scores`` work.
 
     Cost: one forward pass, then, per layer, the head-averaged attention over all positions (``tokens x tokens`` for
     one key head at a time) and a ``steps x tokens`` by ``tokens x tokens`` product: :math:`O(L H T^2 d)` time,
@@ -128,26 +126,30 @@ class AttentionRolloutAttribution(QueryKeyAttribution):
         super().end_batch()
         self.rollout = {}
 
-    def attribute_step(
-        self, attribute_fn_main_args: dict[str, Any], attribution_args: dict[str, Any] = {}
-    ) -> CoarseFeatureAttributionStepOutput:
-        """The current step's rollout row, from the rollout of every attributed step (computed at the first step).
-
-        Returns ``(rows, prefix)`` target scores and, for encoder-decoders, ``(rows, source)`` source scores.
-        """
-        attention_pass = self.attention_pass
+    def _rollout(self) -> dict[str, torch.Tensor]:
+        """Rollout rows of every attributed step (computed once per batch): ``(batch, steps, keys)`` each."""
         if not self.rollout:
+            attention_pass = self.attention_pass
             positions = attention_pass.query_positions
             if attention_pass.is_encoder_decoder:
                 source, target = encoder_decoder_rollout(attention_pass, positions)
                 self.rollout = {"source": source, "target": target}
             else:
                 self.rollout = {"target": decoder_rollout(attention_pass, positions)}
-        step, rows, column = self.current_step, self.current_rows, attention_pass.column(self.current_step)
-        target = self.rollout["target"][rows, column, :step]
+        return self.rollout
+
+    def all_steps_output(self, rows: torch.Tensor) -> CoarseFeatureAttributionStepOutput:
+        """Every step's rollout row: ``(rows, prefix, steps)`` (decoder-only)."""
+        return CoarseFeatureAttributionStepOutput(target_attributions=self._rollout()["target"][rows].transpose(1, 2))
+
+    def step_output(self, step: int, rows: torch.Tensor) -> CoarseFeatureAttributionStepOutput:
+        """The rollout row of ``step``: ``(rows, prefix)`` target and, for encoder-decoders, ``(rows, source)``."""
+        rollout, attention_pass = self._rollout(), self.attention_pass
+        column = attention_pass.column(step)
+        target = rollout["target"][rows, column, :step]
         if not attention_pass.is_encoder_decoder:
             return CoarseFeatureAttributionStepOutput(target_attributions=target)
         return CoarseFeatureAttributionStepOutput(
-            source_attributions=self.rollout["source"][rows, column],
+            source_attributions=rollout["source"][rows, column],
             target_attributions=target if self.attribute_target else None,
         )

@@ -2,12 +2,20 @@
 
 ``rotary_attention`` and ``attention_rollout`` read nothing from a generation step but its attention rows, which one
 forward pass over the final sequences gives for every step at once (:class:`~inseq_ext.attr.attention_pass.
-AttentionPass`). Unlike inseq's ``attention``, which inseq runs as a *final-step* method (one call for the whole
-sequence, and therefore no ``step_scores``), these methods are ordinary per-step methods for inseq's loop: the pass
-runs at the first step and every step reads its own rows from it, so ``step_scores`` (``probability``, ``logprob``,
-``entropy``, ...) are computed per step, from the same pass's logits, and come out with the attributions
-(``out.show()`` shows them under the heatmap). Encoder-decoder batches are attributed batched, where inseq's final-step
-path falls back to one sequence at a time.
+AttentionPass`). inseq runs its own ``attention`` as a *final-step* method: its loop calls the method once, at the
+last step, and splits the output into steps; it therefore refuses ``step_scores`` for it, and attributes
+encoder-decoder batches one sequence at a time. These methods take whichever of inseq's two paths fits the call:
+
+* per step (step scores asked for, or an encoder-decoder): inseq's loop visits every step, each reads its rows from
+  the pass (run at the first step), and ``step_scores`` (``probability``, ``logprob``, ``entropy``, ...) are computed
+  per step from the same pass's logits (``out.show()`` shows them under the heatmap); encoder-decoder batches stay
+  batched;
+* final step (decoder-only, no step scores): one call of the loop for all steps, as inseq's ``attention``. inseq's
+  per-step bookkeeping re-joins the whole prefix's tokens at every step (quadratic in the prompt length: about half
+  the time of a 2,000-token prompt with 32 generated tokens), which this path avoids.
+
+inseq reads :attr:`is_final_step_method` before it sees the step scores (to refuse them), so the attribute is
+``False`` between calls and set for the duration of :meth:`prepare_and_attribute`, which receives them.
 """
 
 from __future__ import annotations
@@ -16,7 +24,13 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-from inseq.data import DecoderOnlyBatch, EncoderDecoderBatch, FeatureAttributionStepOutput
+from inseq.data import (
+    DecoderOnlyBatch,
+    EncoderDecoderBatch,
+    FeatureAttributionInput,
+    FeatureAttributionOutput,
+    FeatureAttributionStepOutput,
+)
 from inseq.utils import Registry
 
 from .attention_pass import AttentionPass
@@ -26,11 +40,11 @@ from .query_key_capture import attention_specs
 
 
 class QueryKeyAttribution(ExtFeatureAttribution, Registry):
-    """Method served by one :class:`AttentionPass` per batch; subclasses define ``attribute_step``.
+    """Method served by one :class:`AttentionPass` per batch.
 
-    In ``attribute_step``, :attr:`attention_pass` holds the batch's captured pass, :attr:`current_step` the step and
-    :attr:`current_rows` the batch rows (unfinished sequences) to return, and :attr:`attribute_target` whether the
-    target prefix of an encoder-decoder is attributed.
+    Subclasses define :meth:`step_output` (one step's attributions, per-step path) and :meth:`all_steps_output`
+    (every step's, final-step path). There, :attr:`attention_pass` holds the batch's captured pass and
+    :attr:`attribute_target` says whether the target prefix of an encoder-decoder is attributed.
     """
 
     def __init__(self, attribution_model, **kwargs: Any) -> None:
@@ -57,6 +71,56 @@ class QueryKeyAttribution(ExtFeatureAttribution, Registry):
         if self.attention_pass is not None:
             self.attention_pass.release()
         self.attention_pass = None
+
+    def prepare_and_attribute(
+        self, sources: FeatureAttributionInput, targets: FeatureAttributionInput, *args: Any, **kwargs: Any
+    ) -> FeatureAttributionOutput:
+        """inseq's preparation and loop, on its final-step path when nothing needs the per-step one."""
+        self.is_final_step_method = not kwargs.get("step_scores") and not self.attribution_model.is_encoder_decoder
+        try:
+            return super().prepare_and_attribute(sources, targets, *args, **kwargs)
+        finally:
+            self.is_final_step_method = False
+
+    def step_output(self, step: int, rows: torch.Tensor) -> FeatureAttributionStepOutput:
+        """Attributions of generation ``step`` for the batch rows ``rows``: ``(rows, keys, ...)`` tensors."""
+        raise NotImplementedError
+
+    def all_steps_output(self, rows: torch.Tensor) -> FeatureAttributionStepOutput:
+        """Decoder-only attributions of every attributed step: ``target_attributions`` of shape ``(rows, prefix up
+        to the last step, steps, ...)``, split into steps by :meth:`_build_multistep_output_from_single_step`."""
+        raise NotImplementedError
+
+    def attribute_step(
+        self, attribute_fn_main_args: dict[str, Any], attribution_args: dict[str, Any] = {}
+    ) -> FeatureAttributionStepOutput:
+        """The current step's attributions, or every step's on the final-step path, read from the captured pass."""
+        if self.is_final_step_method:
+            return self.all_steps_output(self.current_rows)
+        return self.step_output(self.current_step, self.current_rows)
+
+    def _build_multistep_output_from_single_step(
+        self,
+        single_step_output: FeatureAttributionStepOutput,
+        attr_pos_start: int,
+        attr_pos_end: int,
+    ) -> list[FeatureAttributionStepOutput]:
+        """inseq's split of a final-step output into steps, reading each step's column of the compact output."""
+        steps = self.attention_pass.steps
+        if list(steps) != list(range(attr_pos_start, attr_pos_end)):
+            raise RuntimeError(f"Attributed steps {steps} differ from inseq's [{attr_pos_start}, {attr_pos_end}).")
+        prefix = single_step_output.prefix
+        outputs = []
+        for column, position in enumerate(steps):
+            step_output = single_step_output.clone_empty()
+            step_output.prefix = [tokens[:position] for tokens in prefix]
+            # The last step's target is the one inseq's loop attached; earlier targets are read from the prefix.
+            step_output.target = (
+                single_step_output.target if position == steps.stop - 1 else [[tokens[position]] for tokens in prefix]
+            )
+            step_output.target_attributions = single_step_output.target_attributions[:, :position, column]
+            outputs.append(step_output)
+        return outputs
 
     @property
     def is_first_step(self) -> bool:

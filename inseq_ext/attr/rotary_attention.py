@@ -2,8 +2,6 @@ r"""``rotary_attention``: attention weights rebuilt from queries and keys, for m
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 from inseq.data.attribution import MultiDimensionalFeatureAttributionStepOutput
 
@@ -43,9 +41,9 @@ class RotaryAttentionAttribution(QueryKeyAttribution):
     (``out.sequence_attributions[i].target_attributions[..., l, h]``).
 
     Like inseq's ``attention`` the weights do not depend on the attributed function or on how the tokens were chosen
-    (greedy, sampling or beam search: the weights of the final sequence are the same). Unlike it, the method is a
-    per-step method for inseq's loop, served by one pass (see :mod:`~inseq_ext.attr.query_key_attribution`), so
-    ``step_scores=["probability", ...]`` work and are computed from that pass's logits.
+    (greedy, sampling or beam search: the weights of the final sequence are the same). Unlike it, the method serves
+    inseq's per-step loop where needed (see :mod:`~inseq_ext.attr.query_key_attribution`), so
+    ``step_scores=["probability", ...]`` work and are computed from the same pass's logits.
 
     Supported: the families whose adapter describes their attention (Llama, Mistral, Qwen2, Qwen3, GPT-NeoX, Phi,
     GPT-2 without rotary embedding; BART, Marian, mBART and T5 encoder-decoders); anything else raises a
@@ -75,33 +73,36 @@ class RotaryAttentionAttribution(QueryKeyAttribution):
             weights["encoder"] = attention_pass.attention("encoder").permute(0, 4, 3, 1, 2)
         return weights
 
-    def attribute_step(
-        self, attribute_fn_main_args: dict[str, Any], attribution_args: dict[str, Any] = {}
-    ) -> MultiDimensionalFeatureAttributionStepOutput:
-        """The current step's attention rows, read from the batch's captured pass (rebuilt at the first step).
-
-        Returns ``(rows, keys, layers, heads)`` attributions for the unfinished sequences of the batch.
-        """
+    def _weights(self) -> dict[str, torch.Tensor]:
         if not self.weights:
             self.weights = self._rebuild()
-        step, rows = self.current_step, self.current_rows
-        attention_pass = self.attention_pass
+        return self.weights
+
+    def all_steps_output(self, rows: torch.Tensor) -> MultiDimensionalFeatureAttributionStepOutput:
+        """Every step's rows: ``(rows, prefix, steps, layers, heads)`` (decoder-only)."""
+        return MultiDimensionalFeatureAttributionStepOutput(
+            target_attributions=self._weights()["decoder"][rows], _num_dimensions=2
+        )
+
+    def step_output(self, step: int, rows: torch.Tensor) -> MultiDimensionalFeatureAttributionStepOutput:
+        """The rows of ``step``: ``(rows, keys, layers, heads)`` attributions, sequence scores at the first step."""
+        weights, attention_pass = self._weights(), self.attention_pass
         column = attention_pass.column(step)
         if not attention_pass.is_encoder_decoder:
             return MultiDimensionalFeatureAttributionStepOutput(
-                target_attributions=self.weights["decoder"][rows, :step, column], _num_dimensions=2
+                target_attributions=weights["decoder"][rows, :step, column], _num_dimensions=2
             )
         sequence_scores = {}
         if self.is_first_step:  # inseq reads sequence-level scores from the first step's output
-            sequence_scores["encoder_self_attentions"] = self.weights["encoder"][rows]
+            sequence_scores["encoder_self_attentions"] = weights["encoder"][rows]
         if self.attribute_target:
-            target = self.weights["decoder"][rows, :step, column]
+            target = weights["decoder"][rows, :step, column]
         else:
             target = None
             if self.is_first_step:
-                sequence_scores["decoder_self_attentions"] = self.weights["decoder"][rows]
+                sequence_scores["decoder_self_attentions"] = weights["decoder"][rows]
         return MultiDimensionalFeatureAttributionStepOutput(
-            source_attributions=self.weights["cross"][rows, :, column],
+            source_attributions=weights["cross"][rows, :, column],
             target_attributions=target,
             sequence_scores=sequence_scores,
             _num_dimensions=2,
