@@ -39,7 +39,7 @@ def decoder_rollout(attention_pass: AttentionPass, query_positions: torch.Tensor
     rows = residual_attention(top, query_positions)
     for layer in reversed(range(layers - 1)):
         mean = attention_pass.attention("decoder", layers=[layer], mean_over_heads=True)[:, 0]
-        rows = rows @ residual_attention(mean)
+        rows = rows @ residual_attention(mean).to(rows.device)  # layers may sit on different devices
     return rows
 
 
@@ -65,18 +65,18 @@ def encoder_decoder_rollout(
     encoder = None
     for layer in range(encoder_layers):
         mixed = residual_attention(attention_pass.attention("encoder", layers=[layer], mean_over_heads=True)[:, 0])
-        encoder = mixed if encoder is None else mixed @ encoder
+        encoder = mixed if encoder is None else mixed.to(encoder.device) @ encoder
     n_target = attention_pass.capture.query_length("decoder")
     rows = torch.arange(len(query_positions))
     target = encoder.new_zeros(encoder.shape[0], len(rows), n_target)
     target[:, rows, query_positions.to(encoder.device)] = 1.0
     source = encoder.new_zeros(encoder.shape[0], len(rows), encoder.shape[-1])
     for layer in reversed(range(len(attention_pass.capture.stacks["decoder"]))):
-        cross = attention_pass.attention("cross", layers=[layer], mean_over_heads=True)[:, 0]
+        cross = attention_pass.attention("cross", layers=[layer], mean_over_heads=True)[:, 0].to(encoder.device)
         source = source + 0.5 * (target @ (cross @ encoder))
         target = 0.5 * target
         self_attention = attention_pass.attention("decoder", layers=[layer], mean_over_heads=True)[:, 0]
-        target = target @ residual_attention(self_attention)
+        target = target @ residual_attention(self_attention).to(target.device)
     return source, target
 
 

@@ -393,19 +393,21 @@ class QueryKeyCapture:
         layer_ids = list(range(len(records)) if layers is None else layers)
         if not layer_ids or not all(0 <= idx < len(records) for idx in layer_ids):
             raise ValueError(f"layers must be a non-empty list of indices in [0, {len(records)}); got {layers}.")
-        masks: dict[int | None, torch.Tensor] = {}  # one per sliding-window size, shared by the layers
+        # One mask per sliding-window size and device, shared by the layers (a model dispatched over devices by
+        # accelerate has its layers, hence their queries and keys, on different devices).
+        masks: dict[tuple[int | None, torch.device], torch.Tensor] = {}
         weights = None
         for slot, idx in enumerate(layer_ids):
             record = records[idx]
             queries, keys = self.queries(idx, positions, stack), self.keys(idx, stack)
-            if record.sliding_window not in masks:
-                masks[record.sliding_window] = visible_keys(
+            mask_key = (record.sliding_window, queries.device)
+            if mask_key not in masks:
+                masks[mask_key] = visible_keys(
                     positions.to(queries.device), n_keys, mask, record.sliding_window, causal=stack == "decoder"
                 )
             bias = self.score_bias(idx, positions, stack)
-            layer_weights = attention_rows(
-                queries, keys, record.scaling, masks[record.sliding_window], bias, mean_over_heads
-            )
+            bias = None if bias is None else bias.to(queries.device)
+            layer_weights = attention_rows(queries, keys, record.scaling, masks[mask_key], bias, mean_over_heads)
             if weights is None:  # filled layer by layer: no list of per-layer tensors to stack (and copy)
                 weights = layer_weights.new_empty((layer_weights.shape[0], len(layer_ids), *layer_weights.shape[1:]))
             weights[:, slot] = layer_weights
