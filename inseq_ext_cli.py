@@ -44,7 +44,7 @@ DEMO_PREFIX = "demo:"
 DEMO_MODEL_NAMES = ("gpt2", "llama", "translation")
 #: This package's attribution methods, then inseq 0.7.1's built-ins: together, inseq's registry after
 #: ``import inseq_ext`` (``inseq.list_feature_attribution_methods()``).
-PACKAGE_METHODS = ("custom_saliency", "block_gradient_x_input", "rotary_attention")
+PACKAGE_METHODS = ("custom_saliency", "block_gradient_x_input", "rotary_attention", "attention_rollout")
 INSEQ_METHODS = (
     "attention",
     "deeplift",
@@ -93,6 +93,7 @@ GROUND_TRUTH_METHODS = (
     "integrated_gradients",
     "attention",
     "rotary_attention",
+    "attention_rollout",
     "block_gradient_x_input",
     RANDOM_BASELINE,
 )
