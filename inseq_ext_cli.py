@@ -47,7 +47,13 @@ DEFAULT_MAX_NEW_TOKENS = 20
 DEMO_MODEL_NAMES = ("gpt2", "llama", "translation")
 #: This package's attribution methods, then inseq 0.7.1's built-ins: together, inseq's registry after
 #: ``import inseq_ext`` (``inseq.list_feature_attribution_methods()``).
-PACKAGE_METHODS = ("custom_saliency", "block_gradient_x_input", "rotary_attention", "attnlrp")
+PACKAGE_METHODS = (
+    "custom_saliency",
+    "block_gradient_x_input",
+    "rotary_attention",
+    "attention_rollout",
+    "attnlrp",
+)
 INSEQ_METHODS = (
     "attention",
     "deeplift",
@@ -96,6 +102,7 @@ GROUND_TRUTH_METHODS = (
     "integrated_gradients",
     "attention",
     "rotary_attention",
+    "attention_rollout",
     "block_gradient_x_input",
     "attnlrp",
     RANDOM_BASELINE,

@@ -9,6 +9,7 @@ Llama's, and a length check before generating) for every inseq method.
 """
 
 from .attr import (
+    AttentionRolloutAttribution,
     AttnLrpAttribution,
     BlockGradientXInputAttribution,
     CustomSaliencyAttribution,
@@ -32,6 +33,7 @@ install_inseq_compat()
 __version__ = "0.1.0"
 
 __all__ = [
+    "AttentionRolloutAttribution",
     "DEMO_MODEL_NAMES",
     "AttnLrpAttribution",
     "BlockGradientXInputAttribution",

@@ -49,6 +49,12 @@ class AttentionSpec:
             on the first ``cos.shape[-1]`` channels of each head, so partial rotary needs nothing extra).
         sliding_window_from_config: Use ``config.sliding_window`` for every layer when the attention module has no
             ``sliding_window`` attribute of its own (Mistral).
+        score_bias_output: Index, in the attention module's output tuple, of an additive bias on the scores
+            (``(batch or 1, heads, queries, keys)``, before the mask), e.g. T5's relative position bias (output 1 of
+            ``T5Attention``); ``None`` when the scores have no such bias.
+
+    The same description serves the self-attention of a decoder-only model, and an encoder-decoder's encoder
+    self-attention, decoder self-attention and cross-attention (whose keys are projections of the encoder output).
     """
 
     module: str
@@ -61,6 +67,7 @@ class AttentionSpec:
     head_dim_attribute: str = "head_dim"
     rotary: bool = True
     sliding_window_from_config: bool = False
+    score_bias_output: int | None = None
 
 
 @dataclass(frozen=True)
@@ -108,6 +115,9 @@ class ModelAdapter:
             (encoder) block and nothing else, in pre-norm architectures (GPT-2 ``transformer.ln_f``, Llama
             ``model.norm``); ``None``, or a path the model lacks (BART has none, mBART has one), when there is none.
         relevance: Where normalizations, activations and gates are, for ``attnlrp`` (``None``: not described).
+        encoder_attention: Where the encoder blocks' self-attention computes them (encoder-decoders).
+        cross_attention: Where the decoder blocks' cross-attention (queries from the decoder, keys from the encoder
+            output) computes them (encoder-decoders).
     """
 
     family: str
@@ -118,6 +128,8 @@ class ModelAdapter:
     final_norm: str | None = None
     encoder_final_norm: str | None = None
     relevance: RelevanceSpec | None = None
+    encoder_attention: AttentionSpec | None = None
+    cross_attention: AttentionSpec | None = None
 
     def block_stacks(self, model: torch.nn.Module) -> BlockStacks:
         return BlockStacks(

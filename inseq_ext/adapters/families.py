@@ -109,6 +109,9 @@ PHI = ModelAdapter(
         activations=("mlp.activation_fn",),
     ),
 )
+# Encoder-decoders: no rotary embedding (BART, Marian and mBART add learned or sinusoidal positions to the inputs;
+# T5 adds a relative position bias to the scores, returned as output 1 of its attention modules).
+_BART_SELF_ATTENTION = AttentionSpec(module="self_attn", query="q_proj", key="k_proj", rotary=False)
 BART = ModelAdapter(
     family="bart",
     model_types=("bart", "marian", "mbart"),
@@ -131,7 +134,12 @@ BART = ModelAdapter(
         ),
         activations=("activation_fn",),
     ),
+    attention=_BART_SELF_ATTENTION,
+    encoder_attention=_BART_SELF_ATTENTION,
+    cross_attention=AttentionSpec(module="encoder_attn", query="q_proj", key="k_proj", rotary=False),
 )
+_T5_SPEC = {"query": "q", "key": "k", "head_dim_attribute": "key_value_proj_dim", "rotary": False}
+_T5_SELF_ATTENTION = AttentionSpec(module="layer.0.SelfAttention", score_bias_output=1, **_T5_SPEC)
 T5 = ModelAdapter(
     family="t5",
     model_types=("t5", "mt5"),
@@ -139,6 +147,9 @@ T5 = ModelAdapter(
     encoder_blocks="encoder.block",
     final_norm="decoder.final_layer_norm",
     encoder_final_norm="encoder.final_layer_norm",
+    attention=_T5_SELF_ATTENTION,
+    encoder_attention=_T5_SELF_ATTENTION,
+    cross_attention=AttentionSpec(module="layer.1.EncDecAttention", score_bias_output=1, **_T5_SPEC),
 )
 
 BUILT_IN_ADAPTERS = (GPT2, LLAMA, MISTRAL, QWEN2, QWEN3, GPT_NEOX, PHI, BART, T5)
