@@ -36,7 +36,7 @@ from inseq_ext.tiny_models import ARCHITECTURES, ENCODER_DECODER_ARCHITECTURES, 
 PROMPT, FORCED = "Hello ladies and", "Hello ladies and gentlemen, I am"
 # float32 method vs float64 reference, relative to the largest relevance of the step (observed: <= 3e-6).
 REFERENCE_TOLERANCE = 2e-5
-#: The tiny architectures whose family attnlrp supports (T5 is refused: see test_unsupported_family_names_the_supported_ones).
+#: Tiny architectures whose family attnlrp supports (T5 is refused: test_unsupported_family_names_the_supported_ones).
 ATTNLRP_ARCHITECTURES = [name for name in ARCHITECTURES if name in attnlrp_model_types()]
 
 
