@@ -16,6 +16,7 @@ from .attr import (
     normalized_saliency,
 )
 from .chat import attribute_chat
+from .dataset_runs import attribute_dataset, load_dataset_attributions
 from .demo_models import DEMO_MODEL_NAMES, demo_model
 from .moved_modules import install_moved_module_finder
 from .step_functions import register_step_functions
@@ -34,8 +35,10 @@ __all__ = [
     "SaliencyOptions",
     "aggregate_granularity",
     "attribute_chat",
+    "attribute_dataset",
     "capture_queries_keys",
     "demo_model",
+    "load_dataset_attributions",
     "normalized_saliency",
     "score_of",
     "span_attribution",

@@ -6,6 +6,9 @@ Commands:
   [--json FILE] [--save FILE]``: generate a continuation of PROMPT, attribute it, print inseq's heatmap in the
   terminal and write the requested files. Without ``--model`` the embedded demo GPT-2 is used (no network).
 * ``inseq-ext ground-truth``: top-1 hit rates of attribution methods against the demo models' ground truth.
+* ``inseq-ext attribute-dataset DATA --out DIR [--method NAME] [--model ...]``: attribute every prompt of a data
+  set into Parquet shards, resumably (rerun to continue), in several processes under ``accelerate launch``.
+* ``inseq-ext summarize DIR [DIR ...]``: statistics of data-set runs.
 * ``inseq-ext demo-model [NAME]``: print the local folder of an embedded demo model.
 * ``inseq-ext inseq COMMAND ...``: inseq's own CLI (``attribute``, ``attribute-dataset``, ``attribute-context``)
   with this package's methods available to ``--attribution_method``.
@@ -281,6 +284,28 @@ def run_ground_truth(args: argparse.Namespace) -> None:
         )
 
 
+def run_attribute_dataset(args: argparse.Namespace) -> int:
+    """``inseq-ext attribute-dataset``: see :mod:`inseq_ext.dataset_runs`."""
+    from .dataset_runs import DatasetRunError
+    from .dataset_runs.command import run_attribute_dataset as run
+
+    try:
+        return run(args)
+    except DatasetRunError as error:
+        raise CLIError(str(error)) from None
+
+
+def run_summarize(args: argparse.Namespace) -> int:
+    """``inseq-ext summarize``: statistics of data-set runs."""
+    from .dataset_runs import DatasetRunError
+    from .dataset_runs.command import run_summarize as run
+
+    try:
+        return run(args)
+    except DatasetRunError as error:
+        raise CLIError(str(error)) from None
+
+
 def run_demo_model(args: argparse.Namespace) -> None:
     try:
         print(demo_model(args.name))
@@ -401,6 +426,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ground_truth.add_argument("--markdown", default=None, help="also write the table to this file")
     ground_truth.set_defaults(handler=run_ground_truth)
+
+    from .dataset_runs.command import add_attribute_dataset_arguments, add_summarize_arguments
+
+    attribute_dataset = commands.add_parser(
+        "attribute-dataset",
+        help="attribute every prompt of a data set (JSONL, CSV, Parquet, datasets folder) into resumable Parquet "
+        "shards; several processes with accelerate launch",
+    )
+    add_attribute_dataset_arguments(attribute_dataset)
+    attribute_dataset.set_defaults(handler=run_attribute_dataset)
+    summarize = commands.add_parser("summarize", help="statistics of attribute-dataset runs")
+    add_summarize_arguments(summarize)
+    summarize.set_defaults(handler=run_summarize)
 
     demo = commands.add_parser("demo-model", help="print the local folder of an embedded demo model")
     demo.add_argument("name", nargs="?", default="gpt2", help=f"one of: {', '.join(DEMO_MODEL_NAMES)}")

@@ -205,6 +205,7 @@ def rebuild_sequence(
         source_attributions=source_scores,
         target_attributions=target_scores,
         step_scores=step_scores,
+        sequence_scores={},
         attr_pos_start=start,
         attr_pos_end=end,
         **extra_kwargs,

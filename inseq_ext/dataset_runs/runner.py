@@ -269,7 +269,8 @@ def generate_continuations(
         encoding = tokenizer(list(prompts), return_tensors="pt", padding=True).to(attribution_model.device)
     finally:
         tokenizer.padding_side = padding_side
-    arguments = {"do_sample": False, **generation_args, "max_new_tokens": max_new_tokens}
+    # max_length=None: the length is max_new_tokens (a generation config's max_length would only add a warning).
+    arguments = {"do_sample": False, **generation_args, "max_new_tokens": max_new_tokens, "max_length": None}
     if tokenizer.pad_token_id is not None:
         arguments.setdefault("pad_token_id", tokenizer.pad_token_id)
     with torch.no_grad():
