@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -119,12 +120,16 @@ def run_attribute_dataset(args: argparse.Namespace) -> int:
         device=args.device,
         show_progress=not args.quiet,
     )
+    rank, world = result.process
+    if world > 1:
+        print(f"inseq-ext: process {rank} of {world} wrote {result.shards_written} shards", file=sys.stderr)
     if result.complete:
         resumed = f", {result.shards_resumed} of {result.shards} shards resumed" if result.shards_resumed else ""
         errors = f"; {result.bad_rows} bad rows in {Path(result.out) / 'errors.jsonl'}" if result.bad_rows else ""
+        processes = f" by {world} processes" if world > 1 else ""
         print(
             f"Attributed {result.examples} examples ({result.rows} generated tokens) in {result.seconds:.1f} s"
-            f"{resumed}{errors}; output in {result.out}"
+            f"{processes}{resumed}{errors}; output in {result.out}"
         )
     return 0
 

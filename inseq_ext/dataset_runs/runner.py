@@ -51,7 +51,7 @@ from inseq_ext.dataset_runs.rows import (
 )
 from inseq_ext.dataset_runs.sources import BadRow, DataSet, DataSpec, Example, read_data
 from inseq_ext.dataset_runs.store import RunFolder
-from inseq_ext.demo_models import demo_model
+from inseq_ext.demo_models import DEMO_MODEL_NAMES, demo_model
 
 DEMO_PREFIX = "demo:"
 DEFAULT_MODEL = DEMO_PREFIX + "gpt2"
@@ -162,6 +162,21 @@ def load_run_model(
             f"Face cache, or leave out the model to use the embedded demo model {DEFAULT_MODEL}"
         ) from None
     return attribution_model, label
+
+
+def model_label(attribution_model: inseq.models.AttributionModel) -> str:
+    """The name of a loaded model as a run records it: ``demo:NAME`` for a demo model, a resolved local folder,
+    or the hub name (so passing a loaded model and naming it give the same command)."""
+    name = str(getattr(attribution_model.model.config, "_name_or_path", "") or "")
+    if not name:
+        return type(attribution_model.model).__name__
+    if Path(name).exists():
+        folder = Path(name).resolve()
+        for demo_name in DEMO_MODEL_NAMES:
+            if folder == Path(demo_model(demo_name)).resolve():
+                return DEMO_PREFIX + demo_name
+        return str(folder)
+    return name
 
 
 def model_description(attribution_model: inseq.models.AttributionModel, label: str) -> dict[str, Any]:
@@ -495,8 +510,7 @@ def attribute_dataset(
     try:
         data_set = read_data(DataSpec(str(data), prompt_column, target_column, id_column, limit, split))
         if isinstance(model, inseq.models.AttributionModel):
-            attribution_model = model
-            label = str(getattr(model.model.config, "_name_or_path", "") or type(model.model).__name__)
+            attribution_model, label = model, model_label(model)
         else:
             attribution_model, label = load_run_model(model, method, processes.device or device, model_kwargs)
         if step_scores is None:
