@@ -25,7 +25,7 @@ import pytest
 import torch
 
 import inseq_ext
-from inseq_ext import cli
+import inseq_ext_cli
 from inseq_ext.dataset_runs import DatasetRunError, attribute_dataset, load_dataset_attributions
 from inseq_ext.dataset_runs.store import RunFolder
 
@@ -206,14 +206,15 @@ def test_a_changed_command_is_refused(reference, data_file, model):
         (["{folder}/prompts.txt"], ["unknown format '.txt'"]),
         (["{data}", "--prompt-column", "text"], ["no prompt column 'text'", "its columns: id, prompt"]),
         (["{data}", "--method", "nope"], ["unknown attribution method 'nope'", "custom_saliency"]),
-        (["{data}", "--batch-size", "0"], ["batch_size must be a whole number of at least 1"]),
+        (["{data}", "--batch-size", "0"], ["--batch-size", "must be at least 1, got 0"]),
+        (["{data}", "--method-arg", "n_steps"], ["--method-arg", "expected KEY=VALUE, got 'n_steps'"]),
         (["{data}", "--step-scores", "nope"], ["unknown step function 'nope'"]),
     ],
 )
 def test_bad_input_fails_at_once_with_one_line(arguments, fragments, data_file, tmp_path, capsys):
     (tmp_path / "prompts.txt").write_text("hello\n")
     arguments = [argument.format(data=data_file, folder=tmp_path) for argument in arguments]
-    status = cli.main(["attribute-dataset", *arguments, "--out", str(tmp_path / "run"), "--quiet"])
+    status = inseq_ext_cli.main(["attribute-dataset", *arguments, "--out", str(tmp_path / "run"), "--quiet"])
     err = capsys.readouterr().err
     assert status == 2 and "Traceback" not in err
     lines = [line for line in err.splitlines() if line.startswith("inseq-ext: error:")]
@@ -383,11 +384,12 @@ def test_summarize_statistics(reference, tmp_path, capsys):
     probabilities = [row["probability"] for row in table]
     assert run.step_score_means["probability"] == pytest.approx(sum(probabilities) / len(probabilities), rel=1e-6)
 
-    assert cli.main(["summarize", str(reference), "--top", "3", "--json", str(tmp_path / "summary.json")]) == 0
+    summary_file = tmp_path / "summary.json"
+    assert inseq_ext_cli.main(["summarize", str(reference), "--top", "3", "--json", str(summary_file)]) == 0
     printed = capsys.readouterr().out
     assert f"attribution mass on the prompt: {100 * run.prompt_share:.1f}%" in printed
     assert f"examples: 14 attributed, 5 bad rows; generated tokens: {len(table)}" in printed
-    saved = json.loads((tmp_path / "summary.json").read_text())["runs"][0]
+    saved = json.loads(summary_file.read_text())["runs"][0]
     assert saved["prompt_share"] == pytest.approx(run.prompt_share)
 
 
