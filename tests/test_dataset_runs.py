@@ -152,7 +152,16 @@ def test_rows_and_rebuilt_outputs_equal_inseq(reference, model):
 
 
 def test_batched_run_equals_one_at_a_time(reference, data_file, model, tmp_path):
-    """Length-bucketed batches of 2 give the same rows as batches of 1 (to float tolerance)."""
+    """Attribution groups of equal lengths (inseq's one-sequence rule for forced texts lifted) give the same rows as
+    batches of 1 (to float tolerance), and the model is left as it was."""
+    # The reference run has groups of two: examples of one shard with equal prompt and continuation lengths.
+    examples = load_dataset_attributions(reference).examples.set_index("example_index")
+    groups = [
+        {(examples.attr_pos_start[i], examples.steps[i]) for i in shard["examples"]}
+        for shard in RunFolder(reference).plan()["shards"]
+    ]
+    assert sum(len(keys) == 1 for keys in groups) >= 2
+    assert "validate_attribute_args" not in vars(model)
     with one_thread():
         attribute_dataset(data_file, tmp_path / "single", model=model, show_progress=False,
                           **{**RUN_OPTIONS, "batch_size": 1})  # fmt: skip
@@ -419,3 +428,14 @@ def test_summarize_faithfulness_hook(reference, model, monkeypatch):
     assert received["output"].info["input_texts"] == run.examples["prompt"].tolist()[:2]
     assert summary.runs[0].faithfulness == {"comprehensiveness": 0.25, "comprehensiveness (random)": 0.5}
     assert "faithfulness (2 examples): comprehensiveness 0.25" in str(summary)
+
+
+def test_lifting_inseq_one_sequence_rule_is_undone(model):
+    from inseq_ext.dataset_runs.batching import unpadded_forced_batches
+
+    with pytest.raises(RuntimeError, match="inside"):
+        with unpadded_forced_batches(model, enabled=True):
+            assert "validate_attribute_args" in vars(model)
+            raise RuntimeError("inside")
+    assert "validate_attribute_args" not in vars(model)
+    assert model.validate_attribute_args.__func__ is type(model).validate_attribute_args

@@ -1,15 +1,17 @@
 """``attribute_dataset``: attribute every prompt of a data set, resumably, in one process or several.
 
-For each batch of the plan (see :mod:`~inseq_ext.dataset_runs.plan`): the continuations are generated together
-(greedy by default, with the model's own ``generate`` on left-padded prompts; or taken from the target column),
-then attributed together by inseq's ``model.attribute`` with forced targets, and each generated token becomes a
-row (see :mod:`~inseq_ext.dataset_runs.rows`). A shard's rows are written when all its batches are done (see
-:mod:`~inseq_ext.dataset_runs.store`). A batch that fails is retried one example at a time, so a row that cannot be
+For each shard of the plan (see :mod:`~inseq_ext.dataset_runs.plan`): the continuations of each batch are generated
+together (greedy by default, with the model's own ``generate`` on left-padded prompts; or taken from the target
+column); the shard's examples are then attributed by inseq's ``model.attribute`` with forced targets, in groups of
+equal prompt and continuation lengths of at most ``batch_size`` (no padding, see
+:mod:`~inseq_ext.dataset_runs.batching`), and each generated token becomes a row (see
+:mod:`~inseq_ext.dataset_runs.rows`). A shard's rows are written when all of it is done (see
+:mod:`~inseq_ext.dataset_runs.store`). A group that fails is retried one example at a time, so a row that cannot be
 attributed becomes a bad row with the error's message and the others go on.
 
-Every random draw (sampling, stochastic methods) is seeded per batch from ``seed`` and the batch number, so a
-batch gives the same result whenever and in whichever process it runs: a resumed or several-process run equals an
-uninterrupted one-process run.
+Every random draw is seeded from ``seed``: sampling per generation batch, stochastic methods per attribution
+group (from its first example's row number), so each gives the same result whenever and in whichever process it
+runs: a resumed or several-process run equals an uninterrupted one-process run.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import torch
 import transformers
 
 import inseq_ext
+from inseq_ext.dataset_runs.batching import equal_length_groups, token_lengths, unpadded_forced_batches
 from inseq_ext.dataset_runs.distributed import Processes, current_processes
 from inseq_ext.dataset_runs.errors import DatasetRunError
 from inseq_ext.dataset_runs.plan import (
@@ -257,9 +260,10 @@ def plan_payload(plan: Plan, data_rows: int) -> dict[str, Any]:
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def batch_seed(seed: int, batch_number: int, purpose: int) -> int:
-    """A seed for one batch (``purpose``: 0 generation, 1 attribution), the same in every process and session."""
-    payload = f"{seed}:{batch_number}:{purpose}".encode()
+def batch_seed(seed: int, number: int, purpose: int) -> int:
+    """A seed for one generation batch (``purpose`` 0, ``number``: the batch's) or one attribution group (1, the row
+    number of its first example): the same in every process and session."""
+    payload = f"{seed}:{number}:{purpose}".encode()
     return int.from_bytes(hashlib.sha256(payload).digest()[:8], "little") & (2**63 - 1)
 
 
@@ -332,8 +336,10 @@ class _Attributor:
         generation_args: dict[str, Any],
         raw_scores: str,
         seed: int,
+        batch_size: int,
     ) -> None:
         self.model = attribution_model
+        self.batch_size = batch_size
         self.method = method
         self.step_scores = step_scores
         self.attributed_fn = attributed_fn
@@ -347,12 +353,18 @@ class _Attributor:
         self.failures: list[str] = []
 
     def shard(self, shard: Shard) -> _ShardOutput:
+        """Generate batch by batch, then attribute the shard's examples in groups of equal token lengths."""
         output = _ShardOutput([], [], [], {})
+        ready: list[tuple[Example, str]] = []
         for batch in shard.batches:
-            self._batch(batch, output)
+            ready += self._continuations(batch, output)
+        keys = [token_lengths(self.model, example.prompt, text) for example, text in ready]
+        for group in equal_length_groups(keys, ready, self.batch_size):
+            self._attribute(group, output)
         return output
 
-    def _batch(self, batch: Batch, output: _ShardOutput) -> None:
+    def _continuations(self, batch: Batch, output: _ShardOutput) -> list[tuple[Example, str]]:
+        """The texts to attribute (forced or generated for the batch); examples with no text become bad rows."""
         examples = list(batch.examples)
         if examples[0].target is not None:
             texts: list[str | None] = [forced_text(self.model, example) for example in examples]
@@ -364,39 +376,36 @@ class _Attributor:
         ready = []
         for example, text in zip(examples, texts, strict=True):
             if text is None:
-                output.errors.append(
-                    BadRow(
-                        example.index, example.id, "the model generated no text (it ended the text at once)"
-                    ).as_record()
-                )
+                reason = "the model generated no text (it ended the text at once)"
+                output.errors.append(BadRow(example.index, example.id, reason).as_record())
             else:
                 ready.append((example, text))
-        torch.manual_seed(batch_seed(self.seed, batch.number, 1))
-        self._attribute(ready, output, batch.number)
+        return ready
 
-    def _attribute(self, items: list[tuple[Example, str]], output: _ShardOutput, batch_number: int) -> None:
-        if not items:
-            return
+    def _attribute(self, items: list[tuple[Example, str]], output: _ShardOutput) -> None:
+        """Attribute ``items`` together (one group of equal lengths); on failure, one at a time."""
+        # Seeded by the group's first example: the same draws whenever and wherever the group is attributed.
+        torch.manual_seed(batch_seed(self.seed, items[0][0].index, 1))
         try:
-            out = self.model.attribute(
-                [example.prompt for example, _ in items],
-                [text for _, text in items],
-                method=self.method,
-                step_scores=self.step_scores,
-                attributed_fn=self.attributed_fn,
-                attribute_target=self.attribute_target,
-                show_progress=False,
-                batch_size=len(items),
-                **self.method_args,
-            )
+            with unpadded_forced_batches(self.model, len(items) > 1):
+                out = self.model.attribute(
+                    [example.prompt for example, _ in items],
+                    [text for _, text in items],
+                    method=self.method,
+                    step_scores=self.step_scores,
+                    attributed_fn=self.attributed_fn,
+                    attribute_target=self.attribute_target,
+                    show_progress=False,
+                    batch_size=len(items),
+                    **self.method_args,
+                )
             if len(out.sequence_attributions) != len(items):
                 raise RuntimeError(f"inseq returned {len(out.sequence_attributions)} sequences for {len(items)}")
             aggregated = out.aggregate()
         except Exception as error:  # any failure of one row must not end the run: isolate it
             if len(items) > 1:
-                for item in items:  # same seed as a whole batch would have had: deterministic retries
-                    torch.manual_seed(batch_seed(self.seed, batch_number, 1))
-                    self._attribute([item], output, batch_number)
+                for item in items:
+                    self._attribute([item], output)
                 return
             example = items[0][0]
             reason = _error_reason(error)
@@ -565,6 +574,7 @@ def attribute_dataset(
             generation_args,
             raw_scores,
             seed,
+            batch_size,
         )
         return _run_shards(folder, plan, payload, attributor, processes, show_progress, started)
     finally:
