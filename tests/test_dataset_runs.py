@@ -245,6 +245,14 @@ def test_a_folder_that_is_not_a_run_is_refused(data_file, tmp_path, model):
 # ----------------------------------------------------------------------------------------------------------------
 
 
+def test_without_checkpoints_the_files_are_the_same(reference, data_file, model, tmp_path):
+    """``checkpoint=False`` (for measuring what checkpoints cost) writes the same files at the end."""
+    with one_thread():
+        attribute_dataset(data_file, tmp_path / "run", model=model, show_progress=False, checkpoint=False,
+                          **RUN_OPTIONS)  # fmt: skip
+    tables_equal(reference, tmp_path / "run")
+
+
 def _attribute_in_child(data_file: Path, out: Path, model) -> None:
     torch.set_num_threads(1)
     attribute_dataset(data_file, out, model=model, show_progress=False, **RUN_OPTIONS)

@@ -11,11 +11,14 @@ uses to read local ``datasets`` folders.
 from inseq_ext.dataset_runs.errors import DatasetRunError
 from inseq_ext.dataset_runs.load import DatasetAttributions, load_dataset_attributions
 from inseq_ext.dataset_runs.runner import DatasetRunResult, attribute_dataset
+from inseq_ext.dataset_runs.summary import DatasetSummary, summarize_dataset_attributions
 
 __all__ = [
     "DatasetAttributions",
     "DatasetRunError",
     "DatasetRunResult",
+    "DatasetSummary",
     "attribute_dataset",
     "load_dataset_attributions",
+    "summarize_dataset_attributions",
 ]

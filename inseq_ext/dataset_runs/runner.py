@@ -19,8 +19,10 @@ from __future__ import annotations
 import hashlib
 import importlib.metadata
 import json
+import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -62,7 +64,7 @@ DEFAULT_MODEL = DEMO_PREFIX + "gpt2"
 #: wrong for every row, and a data set of error records would hide that.
 FAILURES_BEFORE_ABORT = 3
 #: Seconds between two looks at the shards folder while process 0 waits for the other processes.
-POLL_SECONDS = 0.5
+POLL_SECONDS = 0.2
 
 
 @dataclass(frozen=True)
@@ -267,6 +269,24 @@ def batch_seed(seed: int, number: int, purpose: int) -> int:
     return int.from_bytes(hashlib.sha256(payload).digest()[:8], "little") & (2**63 - 1)
 
 
+class _PaddingNoticeFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "passing in an `attention_mask`" not in record.getMessage()
+
+
+@contextmanager
+def _without_padding_notice() -> Iterator[None]:
+    """Hide transformers' "We strongly recommend passing in an `attention_mask`" during our generation: the prompts
+    come with their mask; the notice is raised when ``generate`` itself pads rows that have finished."""
+    logger = logging.getLogger("transformers.modeling_utils")
+    notice_filter = _PaddingNoticeFilter()
+    logger.addFilter(notice_filter)
+    try:
+        yield
+    finally:
+        logger.removeFilter(notice_filter)
+
+
 def generate_continuations(
     attribution_model: inseq.models.AttributionModel,
     prompts: Sequence[str],
@@ -292,7 +312,7 @@ def generate_continuations(
     arguments = {"do_sample": False, **generation_args, "max_new_tokens": max_new_tokens, "max_length": None}
     if tokenizer.pad_token_id is not None:
         arguments.setdefault("pad_token_id", tokenizer.pad_token_id)
-    with torch.no_grad():
+    with torch.no_grad(), _without_padding_notice():
         sequences = model.generate(**encoding, **arguments)
     texts: list[str | None] = []
     for row, prompt in enumerate(prompts):
@@ -468,6 +488,7 @@ def attribute_dataset(
     device: str | None = None,
     model_kwargs: dict[str, Any] | None = None,
     show_progress: bool = True,
+    checkpoint: bool = True,
 ) -> DatasetRunResult:
     """Attribute every prompt of a data set to ``out``, resuming the work already there.
 
@@ -501,6 +522,9 @@ def attribute_dataset(
         device: Device of the model (default: inseq's choice; one GPU per process when launched on GPUs).
         model_kwargs: Keyword arguments of ``from_pretrained`` (e.g. ``{"torch_dtype": "bfloat16"}``).
         show_progress: Show the progress bar on stderr (process 0 only).
+        checkpoint: Write each shard as soon as it is done (the default). ``False`` keeps every shard in memory
+            and writes them all at the end, the same files, but nothing survives an interruption: it exists to
+            measure what checkpointing costs (``benchmarks/bench_dataset.py``).
 
     Returns:
         A :class:`DatasetRunResult`.
@@ -576,7 +600,7 @@ def attribute_dataset(
             seed,
             batch_size,
         )
-        return _run_shards(folder, plan, payload, attributor, processes, show_progress, started)
+        return _run_shards(folder, plan, payload, attributor, processes, show_progress, started, checkpoint)
     finally:
         processes.close()
 
@@ -589,6 +613,7 @@ def _run_shards(
     processes: Processes,
     show_progress: bool,
     started: float,
+    checkpoint: bool = True,
 ) -> DatasetRunResult:
     shard_examples = {shard.number: len(shard.examples) for shard in plan.shards}
     completed = folder.completed_shards()
@@ -601,18 +626,27 @@ def _run_shards(
         enabled=show_progress and processes.is_main,
     )
     errors = len(plan.bad_rows)
-    columns: list[str] | None = None
+    held: list[tuple[int, _ShardOutput]] = []  # without checkpoints: every shard, written at the end
+
+    def write(number: int, output: _ShardOutput) -> None:
+        columns = list(BASE_COLUMNS) + ([RAW_COLUMN] if output.info.get("raw_scores_kept") else [])
+        folder.write_shard(
+            number, output.rows, columns, attributor.step_scores, output.records, output.errors, output.info
+        )
+
     try:
         for shard in mine:
             output = attributor.shard(shard)
-            if columns is None or output.info.get("raw_scores_kept"):
-                columns = list(BASE_COLUMNS) + ([RAW_COLUMN] if output.info.get("raw_scores_kept") else [])
-            folder.write_shard(
-                shard.number, output.rows, columns, attributor.step_scores, output.records, output.errors, output.info
-            )
             errors += len(output.errors)
-            done = sum(shard_examples[number] for number in folder.completed_shards() if number in shard_examples)
-            progress.advance_to(done, errors)
+            if checkpoint:
+                write(shard.number, output)
+                written = folder.completed_shards()
+                progress.advance_to(sum(shard_examples[n] for n in written if n in shard_examples), errors)
+            else:
+                held.append((shard.number, output))
+                progress.advance_to(progress.start_done + sum(shard_examples[n] for n, _ in held), errors)
+        for number, output in held:
+            write(number, output)
         complete = False
         manifest: dict[str, Any] = {}
         if processes.is_main:
