@@ -447,3 +447,27 @@ def test_lifting_inseq_one_sequence_rule_is_undone(model):
             raise RuntimeError("inside")
     assert "validate_attribute_args" not in vars(model)
     assert model.validate_attribute_args.__func__ is type(model).validate_attribute_args
+
+
+def test_forced_targets_and_a_folder_left_while_preparing(model, tmp_path):
+    """``target_column``: the continuation is appended to the prompt as it is (or taken whole when it already
+    starts with it); a too long forced target is a bad row. A folder holding only a plan (a run killed while
+    preparing it) is taken over."""
+    rows = [
+        {"prompt": "The capital of France is", "answer": " Paris."},
+        {"prompt": "Hello ladies and", "answer": "Hello ladies and gentlemen."},
+        {"prompt": "The movie was", "answer": " good" * 130},
+    ]
+    data = write_jsonl(tmp_path / "data.jsonl", [json.dumps(row) for row in rows])
+    (tmp_path / "run" / "shards").mkdir(parents=True)
+    (tmp_path / "run" / "plan.json").write_text("{}")
+    with one_thread():
+        result = attribute_dataset(data, tmp_path / "run", model=model, target_column="answer", show_progress=False)
+    assert (result.examples, result.bad_rows) == (2, 1)
+    run = load_dataset_attributions(tmp_path / "run")
+    texts = ["The capital of France is Paris.", "Hello ladies and gentlemen."]
+    assert run.examples["generated_text"].tolist() == texts
+    continuations = run.to_pandas().groupby("example_index")["token"].apply("".join).tolist()
+    assert continuations == ["\u0120Paris.", "\u0120gentlemen."]
+    assert "forced target" in run.errors["reason"][0] and run.errors["example_index"][0] == 2
+    assert run.command["generation"] is None

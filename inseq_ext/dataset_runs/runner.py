@@ -73,9 +73,10 @@ class DatasetRunResult:
 
     Attributes:
         out: The output folder.
-        examples: Examples attributed in the whole run (all processes, earlier sessions included).
-        rows: Rows (generated tokens) in the whole run.
-        bad_rows: Rows not attributed (listed with their reasons in ``out/errors.jsonl``).
+        examples: Examples attributed in the whole run (all processes, earlier sessions included); filled in
+            process 0, which writes the manifest (0 in the other processes).
+        rows: Rows (generated tokens) in the whole run (process 0).
+        bad_rows: Rows not attributed, listed with their reasons in ``out/errors.jsonl`` (process 0).
         shards: Shards of the plan.
         shards_resumed: Shards found already written when this session started.
         shards_written: Shards this process wrote in this session.

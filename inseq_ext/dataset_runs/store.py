@@ -110,7 +110,7 @@ class RunFolder:
                     "start over)"
                 )
             resumed = not differences
-        elif self.path.exists() and any(self.path.iterdir()):
+        elif not self._only_own_leftovers():
             raise RunFolderError(
                 f"{self.path} exists and is not a data-set run folder (no {RUN_FILE}); choose a new or empty folder"
             )
@@ -119,9 +119,24 @@ class RunFolder:
         if not resumed:
             for stale in (MANIFEST_FILE, ERRORS_FILE):
                 (self.path / stale).unlink(missing_ok=True)
+        if not resumed or not (self.path / PLAN_FILE).exists():
             write_json(self.path / PLAN_FILE, plan_payload)
+        if not resumed:  # last: a folder with run.json has its plan
             write_json(run_file, {"format": FORMAT, "format_version": FORMAT_VERSION, "command": command})
         return resumed
+
+    def _only_own_leftovers(self) -> bool:
+        """Whether the folder (without ``run.json``) is missing, empty, or holds only what a run killed while
+        preparing it leaves: ``plan.json``, an empty ``shards`` folder, temporary files."""
+        if not self.path.exists():
+            return True
+        for entry in self.path.iterdir():
+            if entry.name.startswith(".") or entry.name == PLAN_FILE:
+                continue
+            if entry.name == SHARDS_DIR and entry.is_dir() and not self.completed_shards():
+                continue
+            return False
+        return True
 
     def command(self) -> dict[str, Any]:
         run_file = self.path / RUN_FILE
