@@ -18,11 +18,14 @@ probability). Compared, each from a loaded Python interpreter (imports not count
   the same files, nothing resumable), best of ``--repeats`` alternating runs each; and, measured directly, the time
   the checkpointing run spent writing files (shards and manifest).
 
-Every single-process variant runs with ``--threads`` torch threads (default 1: the development machines are
+Every variant is run ``--repeats`` times and its best (shortest) run is reported: the development machines are
+shared, and other work makes single runs vary by up to 2x. Every single-process variant runs with ``--threads`` torch
+threads (default 1: the development machines are
 shared, and two processes of one thread each are compared with one process). Generation lengths differ between
 inseq's generation (special tokens kept) and ours, so generated tokens per minute are printed too.
 
-Usage: python benchmarks/bench_dataset.py [--prompts 200] [--threads 1] [--skip-processes] [--skip-inseq]
+Usage: python benchmarks/bench_dataset.py [--prompts 200] [--threads 1] [--repeats 3] [--skip-processes]
+[--skip-inseq]
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ import logging
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -107,12 +111,19 @@ def ours(data: Path, out: Path, batch_size: int, shard_size: int, checkpoint: bo
     return result.seconds, result.rows
 
 
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
 def ours_processes(data: Path, out: Path, processes: int, batch_size: int) -> tuple[float, int]:
     shutil.rmtree(out, ignore_errors=True)
     command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(processes),
                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port",
-               "29517", "-m", "inseq_ext", "attribute-dataset", str(data), "--out", str(out), "--method", METHOD,
-               "--batch-size", str(batch_size), "--max-new-tokens", str(MAX_NEW_TOKENS), "--quiet"]  # fmt: skip
+               str(free_port()), "-m", "inseq_ext", "attribute-dataset", str(data), "--out", str(out), "--method",
+               METHOD, "--batch-size", str(batch_size), "--max-new-tokens", str(MAX_NEW_TOKENS),
+               "--quiet"]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     completed = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
     if completed.returncode != 0:
@@ -127,7 +138,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch threads of the single-process variants")
     parser.add_argument("--skip-processes", action="store_true", help="leave out the 2-process run")
     parser.add_argument("--skip-inseq", action="store_true", help="leave out the two inseq baselines")
-    parser.add_argument("--repeats", type=int, default=3, help="runs of each side of the overhead comparison")
+    parser.add_argument("--repeats", type=int, default=3, help="runs of each variant (the best is reported)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     logging.getLogger("inseq").setLevel(logging.ERROR)
@@ -136,30 +147,34 @@ def main() -> None:
     prompts = [json.loads(line)["prompt"] for line in data.read_text().splitlines()]
     results: dict[str, tuple[float, int]] = {}
 
-    def record(name: str, measurement: tuple[float, int]) -> None:
-        results[name] = measurement
-        seconds, tokens = measurement
-        print(f"{name}: {seconds:.1f} s, {tokens} generated tokens", file=sys.stderr, flush=True)
+    def record(name: str, measure) -> None:
+        runs = [measure() for _ in range(args.repeats)]
+        results[name] = min(runs)
+        print(f"{name}: " + ", ".join(f"{seconds:.1f} s" for seconds, _ in runs) + f"; {runs[0][1]} generated tokens",
+              file=sys.stderr, flush=True)  # fmt: skip
 
     if not args.skip_inseq:
-        record("inseq loop (model.attribute per prompt)", inseq_loop(prompts))
+        record("inseq loop (model.attribute per prompt)", lambda: inseq_loop(prompts))
         try:
-            record("inseq batched (as its attribute-dataset, batch 8)", inseq_batched(prompts, 8))
+            record("inseq batched (as its attribute-dataset, batch 8)", lambda: inseq_batched(prompts, 8))
         except Exception as error:  # inseq 0.7.1 fails on some mixed-length batches; report instead of stopping
             print(f"inseq batched failed: {type(error).__name__}: {error}", file=sys.stderr)
-    record("ours, batch 1", ours(data, folder / "b1", 1, 32))
-    record("ours, batch 8", ours(data, folder / "b8", 8, 32))
+    record("ours, batch 1", lambda: ours(data, folder / "b1", 1, 32))
+    record("ours, batch 8", lambda: ours(data, folder / "b8", 8, 32))
     if not args.skip_processes:
-        record("ours, batch 8, 2 processes", ours_processes(data, folder / "p2", 2, 8))
-    record(f"ours, batch 8, shards of {args.prompts}", ours(data, folder / "s200", 8, args.prompts))
-    checkpointed, in_memory, writing = [], [], []
-    for _ in range(args.repeats):  # alternating, best of each: the machine's load varies over minutes
+        record("ours, batch 8, 2 processes", lambda: ours_processes(data, folder / "p2", 2, 8))
+    record(f"ours, batch 8, shards of {args.prompts}", lambda: ours(data, folder / "s200", 8, args.prompts))
+    writing = []
+
+    def checkpointed() -> tuple[float, int]:
         WRITING_SECONDS[0] = 0.0
-        checkpointed.append(ours(data, folder / "c8", 8, 8))
+        measurement = ours(data, folder / "c8", 8, 8)
         writing.append(WRITING_SECONDS[0])
-        in_memory.append(ours(data, folder / "m8", 8, 8, checkpoint=False))
-    record("ours, batch 8, shards of 8, checkpoint after each", min(checkpointed))
-    record("ours, batch 8, shards of 8, no checkpoint (written at the end)", min(in_memory))
+        return measurement
+
+    record("ours, batch 8, shards of 8, checkpoint after each", checkpointed)
+    record("ours, batch 8, shards of 8, no checkpoint (written at the end)",
+           lambda: ours(data, folder / "m8", 8, 8, checkpoint=False))  # fmt: skip
 
     baseline_name = next(iter(results))
     baseline = args.prompts / results[baseline_name][0]
