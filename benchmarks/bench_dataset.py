@@ -13,6 +13,8 @@ probability). Compared, each from a loaded Python interpreter (imports not count
   each; the time is the one the command reports (from its start to the merged manifest, without interpreter start).
 * ``ours, batch 8, shards of 200``: one shard, so attribution groups of equal lengths are formed across the whole
   data set (larger groups) and there is one file: what ``--shard-size`` trades against work lost to a kill.
+* CPU seconds of this process during each in-process variant (load on the machine inflates wall times, much less
+  CPU times).
 * Resumability overhead: ours, batch 8, shards of 8 (a checkpoint after every batch, each file written with
   fsync), with checkpointing against ``checkpoint=False`` (the same shards kept in memory and written at the end:
   the same files, nothing resumable), best of ``--repeats`` alternating runs each; and, measured directly, the time
@@ -145,26 +147,7 @@ def main() -> None:
     folder = Path(tempfile.mkdtemp(prefix="bench_dataset_"))
     data = write_prompts(folder, args.prompts)
     prompts = [json.loads(line)["prompt"] for line in data.read_text().splitlines()]
-    results: dict[str, tuple[float, int]] = {}
-
-    def record(name: str, measure) -> None:
-        runs = [measure() for _ in range(args.repeats)]
-        results[name] = min(runs)
-        print(f"{name}: " + ", ".join(f"{seconds:.1f} s" for seconds, _ in runs) + f"; {runs[0][1]} generated tokens",
-              file=sys.stderr, flush=True)  # fmt: skip
-
-    if not args.skip_inseq:
-        record("inseq loop (model.attribute per prompt)", lambda: inseq_loop(prompts))
-        try:
-            record("inseq batched (as its attribute-dataset, batch 8)", lambda: inseq_batched(prompts, 8))
-        except Exception as error:  # inseq 0.7.1 fails on some mixed-length batches; report instead of stopping
-            print(f"inseq batched failed: {type(error).__name__}: {error}", file=sys.stderr)
-    record("ours, batch 1", lambda: ours(data, folder / "b1", 1, 32))
-    record("ours, batch 8", lambda: ours(data, folder / "b8", 8, 32))
-    if not args.skip_processes:
-        record("ours, batch 8, 2 processes", lambda: ours_processes(data, folder / "p2", 2, 8))
-    record(f"ours, batch 8, shards of {args.prompts}", lambda: ours(data, folder / "s200", 8, args.prompts))
-    writing = []
+    writing: list[float] = []
 
     def checkpointed() -> tuple[float, int]:
         WRITING_SECONDS[0] = 0.0
@@ -172,18 +155,48 @@ def main() -> None:
         writing.append(WRITING_SECONDS[0])
         return measurement
 
-    record("ours, batch 8, shards of 8, checkpoint after each", checkpointed)
-    record("ours, batch 8, shards of 8, no checkpoint (written at the end)",
-           lambda: ours(data, folder / "m8", 8, 8, checkpoint=False))  # fmt: skip
+    variants = []
+    if not args.skip_inseq:
+        variants += [
+            ("inseq loop (model.attribute per prompt)", lambda: inseq_loop(prompts)),
+            ("inseq batched (as its attribute-dataset, batch 8)", lambda: inseq_batched(prompts, 8)),
+        ]
+    variants += [
+        ("ours, batch 1", lambda: ours(data, folder / "b1", 1, 32)),
+        ("ours, batch 8", lambda: ours(data, folder / "b8", 8, 32)),
+    ]
+    if not args.skip_processes:
+        variants.append(("ours, batch 8, 2 processes", lambda: ours_processes(data, folder / "p2", 2, 8)))
+    variants += [
+        (f"ours, batch 8, shards of {args.prompts}", lambda: ours(data, folder / "s200", 8, args.prompts)),
+        ("ours, batch 8, shards of 8, checkpoint after each", checkpointed),
+        ("ours, batch 8, shards of 8, no checkpoint (written at the end)",
+         lambda: ours(data, folder / "m8", 8, 8, checkpoint=False)),
+    ]  # fmt: skip
+    runs: dict[str, list[tuple[float, int, float | None]]] = {name: [] for name, _ in variants}
+    # Rounds over all variants (not all repeats of one variant, then the next): each variant meets the machine's
+    # changing load in every round, and the best of its runs is reported.
+    for round_number in range(args.repeats):
+        for name, measure in variants:
+            cpu_started, is_subprocess = time.process_time(), "processes" in name
+            seconds, tokens = measure()
+            cpu = None if is_subprocess else time.process_time() - cpu_started
+            runs[name].append((seconds, tokens, cpu))
+            print(f"round {round_number + 1}, {name}: {seconds:.1f} s, {tokens} generated tokens", file=sys.stderr,
+                  flush=True)  # fmt: skip
+    results = {name: min(measurements) for name, measurements in runs.items()}
 
     baseline_name = next(iter(results))
     baseline = args.prompts / results[baseline_name][0]
     print(f"\n{args.prompts} prompts, demo GPT-2, {METHOD}, <= {MAX_NEW_TOKENS} new tokens, {args.threads} thread(s)")
-    print("| variant | seconds | examples/min | generated tokens/min | vs first row |")
-    print("|---|---:|---:|---:|---:|")
-    for name, (seconds, tokens) in results.items():
+    print("| variant | seconds (best) | examples/min | generated tokens/min | vs first row | CPU s (best) |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for name, (seconds, tokens, _) in results.items():
         rate = args.prompts / seconds
-        print(f"| {name} | {seconds:.1f} | {60 * rate:.0f} | {60 * tokens / seconds:.0f} | {rate / baseline:.2f}x |")
+        cpu_times = [cpu for _, _, cpu in runs[name] if cpu is not None]
+        cpu = f"{min(cpu_times):.1f}" if cpu_times else "-"
+        print(f"| {name} | {seconds:.1f} | {60 * rate:.0f} | {60 * tokens / seconds:.0f} | {rate / baseline:.2f}x "
+              f"| {cpu} |")  # fmt: skip
     with_checkpoints = results["ours, batch 8, shards of 8, checkpoint after each"][0]
     without = results["ours, batch 8, shards of 8, no checkpoint (written at the end)"][0]
     shards = -(-args.prompts // 8)
