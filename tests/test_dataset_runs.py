@@ -217,6 +217,8 @@ def test_a_changed_command_is_refused(reference, data_file, model):
         (["{data}", "--method", "nope"], ["unknown attribution method 'nope'", "custom_saliency"]),
         (["{data}", "--batch-size", "0"], ["--batch-size", "must be at least 1, got 0"]),
         (["{data}", "--method-arg", "n_steps"], ["--method-arg", "expected KEY=VALUE, got 'n_steps'"]),
+        (["{data}", "--method-arg", "n_stepz=3"], ["method option 'n_stepz' is taken neither by the method"]),
+        (["{data}", "--method-arg", "normalize=sideways"], ["Unknown normalize 'sideways' for custom_saliency"]),
         (["{data}", "--step-scores", "nope"], ["unknown step function 'nope'"]),
     ],
 )
@@ -231,6 +233,20 @@ def test_bad_input_fails_at_once_with_one_line(arguments, fragments, data_file, 
     for fragment in fragments:
         assert fragment in lines[0]
     assert not (tmp_path / "run" / "shards").exists()
+
+
+def test_a_method_failing_on_every_row_stops_the_run(data_file, model, tmp_path):
+    """Options that pass the checks but make every attribution fail stop the run after three examples, writing no
+    shard; the corrected command then takes the folder over."""
+    options = {**RUN_OPTIONS, "limit": 6, "method": "integrated_gradients"}
+    with pytest.raises(DatasetRunError, match=r"the first 3 examples all failed.*number of steps has to be larger"):
+        attribute_dataset(data_file, tmp_path, model=model, method_args={"n_steps": 0}, show_progress=False,
+                          **options)  # fmt: skip
+    assert not RunFolder(tmp_path).completed_shards()
+    with one_thread():
+        result = attribute_dataset(data_file, tmp_path, model=model, method_args={"n_steps": 2}, show_progress=False,
+                                   **options)  # fmt: skip
+    assert result.complete and load_dataset_attributions(tmp_path).command["method_args"] == {"n_steps": 2}
 
 
 def test_a_folder_that_is_not_a_run_is_refused(data_file, tmp_path, model):
@@ -382,10 +398,12 @@ def test_summarize_statistics(reference, tmp_path, capsys):
 
     run = summarize_dataset_attributions(reference, top=3).runs[0]
     table = load_dataset_attributions(reference).table.to_pylist()
-    shares, later, token_mass = [], [], {}
+    shares, later, token_mass, top1 = [], [], {}, {}
     for row in table:
         scores = [abs(value) for value in row["attribution"]]
         total = sum(scores)
+        best = row["attributed_tokens"][scores.index(max(scores))]
+        top1[best] = top1.get(best, 0) + 1
         shares.append(sum(scores[: row["n_prompt_tokens"]]) / total)
         if row["step"] > 0:
             later.append(shares[-1])
@@ -398,6 +416,8 @@ def test_summarize_statistics(reference, tmp_path, capsys):
     top = sorted(token_mass.items(), key=lambda item: -item[1])[:3]
     assert [entry["token"] for entry in run.top_tokens] == [token for token, _ in top]
     assert [entry["share"] for entry in run.top_tokens] == pytest.approx([mass / len(table) for _, mass in top])
+    assert [entry["top1"] for entry in run.top1_tokens] == sorted(top1.values(), reverse=True)[:3]
+    assert all(top1[entry["token"]] == entry["top1"] for entry in run.top1_tokens)
     probabilities = [row["probability"] for row in table]
     assert run.step_score_means["probability"] == pytest.approx(sum(probabilities) / len(probabilities), rel=1e-6)
 

@@ -140,6 +140,45 @@ def _check_options(
         raise DatasetRunError("give the generation length with max_new_tokens, not in generation_args")
 
 
+def check_method_args(
+    attribution_model: inseq.models.AttributionModel,
+    method: str,
+    attributed_fn: str | None,
+    step_scores: Sequence[str],
+    method_args: dict[str, Any],
+) -> None:
+    """Refuse options that neither the method, the attributed function nor a step score takes.
+
+    inseq routes ``model.attribute``'s extra keyword arguments to those three by their signatures and only logs a
+    warning for the rest, so a misspelt option would silently be ignored for a whole data set. The same routing is
+    done here before anything runs.
+    """
+    from inseq.attr.step_functions import get_step_scores_args
+    from inseq.utils import extract_signature_args
+
+    if not method_args:
+        return
+    reserved = attribution_model.formatter.get_step_function_reserved_args()
+    attribution = attribution_model.get_attribution_method(method)
+    try:  # this package's methods check their options' values here too
+        _, unused_by_method = attribution.get_attribution_args(**method_args)
+    except ValueError as error:
+        raise DatasetRunError(f"method options of {method!r}: {error}") from None
+    function = attribution_model.get_attributed_fn(attributed_fn)
+    _, unused_by_function = extract_signature_args(method_args, function, exclude_args=reserved, return_remaining=True)
+    used_by_step_scores = get_step_scores_args(list(step_scores), method_args, reserved)
+    unused = sorted(
+        name
+        for name in method_args
+        if name in unused_by_method and name in unused_by_function and name not in used_by_step_scores
+    )
+    if unused:
+        raise DatasetRunError(
+            f"method option {unused[0]!r} is taken neither by the method {method!r}, nor by the attributed "
+            "function, nor by a step score (inseq would ignore it); check its spelling"
+        )
+
+
 def load_run_model(
     model: str | None, method: str, device: str | None, model_kwargs: dict[str, Any] | None
 ) -> tuple[inseq.models.AttributionModel, str]:
@@ -550,6 +589,7 @@ def attribute_dataset(
         if step_scores is None:
             final_step = attribution_model.get_attribution_method(method).is_final_step_method
             step_scores = [] if final_step else ["probability"]
+        check_method_args(attribution_model, method, attributed_fn, step_scores, method_args)
         plan = plan_run(attribution_model, data_set, max_new_tokens, batch_size, shard_size)
         payload = plan_payload(plan, data_set.rows)
         forced = target_column is not None
@@ -627,7 +667,9 @@ def _run_shards(
         enabled=show_progress and processes.is_main,
     )
     errors = len(plan.bad_rows)
-    held: list[tuple[int, _ShardOutput]] = []  # without checkpoints: every shard, written at the end
+    # Shards not written yet: all of them without checkpoints; with checkpoints, those done before the first
+    # example succeeds (a run that stops because every example fails leaves no shard, and can be corrected).
+    held: list[tuple[int, _ShardOutput]] = []
 
     def write(number: int, output: _ShardOutput) -> None:
         columns = list(BASE_COLUMNS) + ([RAW_COLUMN] if output.info.get("raw_scores_kept") else [])
@@ -639,15 +681,16 @@ def _run_shards(
         for shard in mine:
             output = attributor.shard(shard)
             errors += len(output.errors)
-            if checkpoint:
-                write(shard.number, output)
+            held.append((shard.number, output))
+            if checkpoint and attributor.successes:
+                while held:
+                    write(*held.pop(0))
                 written = folder.completed_shards()
                 progress.advance_to(sum(shard_examples[n] for n in written if n in shard_examples), errors)
             else:
-                held.append((shard.number, output))
                 progress.advance_to(progress.start_done + sum(shard_examples[n] for n, _ in held), errors)
-        for number, output in held:
-            write(number, output)
+        while held:
+            write(*held.pop(0))
         complete = False
         manifest: dict[str, Any] = {}
         if processes.is_main:

@@ -12,7 +12,8 @@ over the later tokens is given too.
 **Most attributed tokens.** Each row's scores are normalized to shares ``|a_i| / sum_j |a_j|``; a token (as text)
 gets the sum of its shares over all rows, divided by the number of rows: the fraction of all attribution mass it
 received. Also shown: how often it was attributed (occurrences), its mean share when present, and how many rows
-had it as the top-scored token.
+had it as the top-scored token. Frequent tokens (``the``, ``.``) collect mass by being everywhere, so a second list
+ranks tokens by how many rows had them as the top-scored token.
 
 **Faithfulness** (``evaluate=N``): the first ``N`` examples are rebuilt as inseq outputs and passed to
 ``inseq_ext.evaluation.evaluate_faithfulness`` with the run's model; its metric means (e.g. comprehensiveness and
@@ -53,6 +54,7 @@ class RunSummary:
     prompt_share_after_first: float | None
     prompt_share_by_step: list[float]
     top_tokens: list[dict[str, Any]]
+    top1_tokens: list[dict[str, Any]]
     step_score_means: dict[str, float]
     faithfulness: dict[str, float] | None = None
     faithfulness_examples: int = 0
@@ -97,7 +99,7 @@ def run_statistics(attributions: DatasetAttributions, top: int = 10) -> RunSumma
     }
     if rows == 0:
         return RunSummary(**base, mean_generated_tokens=0.0, mean_prompt_tokens=0.0, prompt_share=math.nan,
-                          prompt_share_after_first=None, prompt_share_by_step=[], top_tokens=[],
+                          prompt_share_after_first=None, prompt_share_by_step=[], top_tokens=[], top1_tokens=[],
                           step_score_means={})  # fmt: skip
     scores_column = table.column("attribution").combine_chunks()
     scores = np.abs(np.nan_to_num(pc.list_flatten(scores_column).to_numpy(zero_copy_only=False)))
@@ -120,6 +122,10 @@ def run_statistics(attributions: DatasetAttributions, top: int = 10) -> RunSumma
     grouped = frame.groupby("token", sort=False)["share"].agg(["sum", "count", "mean"])
     top_rows = frame.loc[frame.groupby("row")["share"].idxmax(), "token"].value_counts()
     grouped["top1"] = top_rows.reindex(grouped.index).fillna(0).astype(int)
+    top1_tokens = [
+        {"token": token, "text": _display_token(token), "top1": int(count), "row_share": float(count / valid.sum())}
+        for token, count in top_rows.sort_values(ascending=False, kind="stable").head(top).items()
+    ]
     grouped = grouped.sort_values(["sum", "count"], ascending=False).head(top)
     top_tokens = [
         {
@@ -145,6 +151,7 @@ def run_statistics(attributions: DatasetAttributions, top: int = 10) -> RunSumma
         prompt_share_after_first=float(share[later].mean()) if later.any() else None,
         prompt_share_by_step=by_step,
         top_tokens=top_tokens,
+        top1_tokens=top1_tokens,
         step_score_means=step_score_means,
     )
 
@@ -257,6 +264,9 @@ def format_summary(summary: DatasetSummary) -> str:
                     f"    {repr(entry['text']).ljust(width)}  {_percent(entry['share']):>6}  "
                     f"{entry['occurrences']:>6}  {_percent(entry['mean_share']):>6}  {entry['top1']:>6}"
                 )
+        if run.top1_tokens:
+            ranked = ", ".join(f"{entry['text']!r} {entry['top1']}" for entry in run.top1_tokens)
+            lines.append(f"  most often the top-scored token (rows): {ranked}")
     if len(summary.runs) > 1:
         lines.append("")
         names = sorted({name for run in summary.runs for name in (run.faithfulness or {})})
