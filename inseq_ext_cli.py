@@ -140,6 +140,32 @@ def attribution_method(name: str) -> str:
     return name
 
 
+def attribution_method_list(text: str) -> list[str]:
+    """One method or several, comma-separated (``custom_saliency,attention``): compared on the same generation."""
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    if not names:
+        raise argparse.ArgumentTypeError(f"no method named; choose from: {', '.join(sorted(ATTRIBUTION_METHODS))}")
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise argparse.ArgumentTypeError(f"{', '.join(repeated)} listed twice")
+    return [attribution_method(name) for name in names]
+
+
+class MethodsAction(argparse.Action):
+    """Stores ``--method a,b``: ``args.method`` is the first method, ``args.methods`` all of them.
+
+    (Parsed here rather than by ``type=``: argparse would also run ``type`` on the string default.)
+    """
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any, option=None):
+        try:
+            names = attribution_method_list(values)
+        except argparse.ArgumentTypeError as error:
+            raise argparse.ArgumentError(self, str(error)) from None
+        setattr(namespace, self.dest, names[0])
+        namespace.methods = names
+
+
 def ground_truth_method(name: str) -> str:
     return name if name == RANDOM_BASELINE else attribution_method(name)
 
@@ -223,10 +249,11 @@ def add_attribute_command(commands: argparse._SubParsersAction) -> None:
         "--method",
         "-a",
         default=DEFAULT_METHOD,
-        type=attribution_method,
-        metavar="NAME",
+        action=MethodsAction,
+        metavar="NAME[,NAME...]",
         help=f"attribution method (default: {DEFAULT_METHOD}); this package: {', '.join(PACKAGE_METHODS)}; "
-        f"inseq: {', '.join(INSEQ_METHODS)}",
+        f"inseq: {', '.join(INSEQ_METHODS)}. Several, comma-separated (e.g. custom_saliency,attention), are "
+        "compared on the same generation in one --html explorer",
     )
     attribute.add_argument(
         "--max-new-tokens",

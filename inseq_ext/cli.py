@@ -178,32 +178,55 @@ def write_output(path: Path, option: str, write: Callable[[Path], None]) -> None
 
 
 def run_attribute(args: argparse.Namespace) -> None:
-    """``inseq-ext attribute``: generate, attribute, show the heatmap, write the requested files."""
+    """``inseq-ext attribute``: generate, attribute, show the heatmap, write the requested files.
+
+    With several methods (``--method custom_saliency,attention``) the same generation is attributed by each, and
+    ``--html`` writes one explorer with a method switch; the other outputs hold one method's output and are refused.
+    """
     quiet_libraries()
+    methods = getattr(args, "methods", None) or [args.method]
     requested = (("--html", args.html), ("--heatmap-html", args.heatmap_html), ("--json", args.json),
                  ("--save", args.save))  # fmt: skip
     outputs = [(option, path) for option, path in requested if path is not None]
+    single_method_outputs = [option for option, _ in outputs if option != "--html"]
+    if len(methods) > 1 and single_method_outputs:
+        raise CLIError(
+            f"{', '.join(single_method_outputs)} hold(s) one method's output, but --method lists {len(methods)} "
+            f"({', '.join(methods)}): compare them with --html, or run once per method"
+        )
     name_or_path, label = resolve_model(args.model)
-    attribution_model = load_attribution_model(name_or_path, label, args.method)
+    # One model for all methods, with eager attention when one of them reads attention weights.
+    loading_method = next((method for method in methods if method in EAGER_ATTENTION_METHODS), methods[0])
+    attribution_model = load_attribution_model(name_or_path, label, loading_method)
+    from .generation_length import check_generation_length
+
+    try:  # before generating: a prompt over the model's length would fail deep inside the model
+        check_generation_length(attribution_model, args.prompt, args.max_new_tokens)
+    except ValueError as error:
+        raise CLIError(str(error)) from None
     generated_text = greedy_continuation(attribution_model, args.prompt, args.max_new_tokens)
-    print(f"Model: {label} | method: {args.method} | generated: {generated_text!r}", flush=True)
+    print(f"Model: {label} | method: {', '.join(methods)} | generated: {generated_text!r}", flush=True)
     attribute_kwargs: dict[str, Any] = {"step_scores": args.step_scores, "show_progress": not args.quiet}
     if args.attributed_fn is not None:
         attribute_kwargs["attributed_fn"] = args.attributed_fn
-    try:
-        out = attribution_model.attribute(args.prompt, generated_text, **attribute_kwargs)
-    except ValueError as error:
-        raise CLIError(f"attribution failed: {error}") from None
-    heatmap_html = out.show(display=not args.no_show, return_html=args.heatmap_html is not None)
+    results = {}
+    for method in methods:
+        kwargs = dict(attribute_kwargs, step_scores=step_scores_for(attribution_model, method, methods, args))
+        try:
+            results[method] = attribution_model.attribute(args.prompt, generated_text, method=method, **kwargs)
+        except ValueError as error:
+            raise CLIError(f"attribution failed{f' ({method})' if len(methods) > 1 else ''}: {error}") from None
+    out = results[methods[0]]
+    for method, result in results.items():
+        if len(methods) > 1 and not args.no_show:
+            print(f"\n{method}:", flush=True)
+        # With --heatmap-html there is one method (checked above).
+        heatmap_html = result.show(display=not args.no_show, return_html=args.heatmap_html is not None)
     for option, path in outputs:
         if option == "--html":
-            title = f"inseq_ext explorer: {args.method} on {label}"
+            shown = results if len(methods) > 1 else out  # several methods: one explorer with a method switch
             write_output(
-                path,
-                option,
-                lambda temporary, title=title: write_explorer(
-                    out, temporary, attribution_model.tokenizer, title=title
-                ),
+                path, option, lambda temporary, shown=shown: write_explorer(shown, temporary, attribution_model)
             )
         elif option == "--heatmap-html":
             write_output(path, option, lambda temporary: temporary.write_text(heatmap_html, encoding="utf-8"))
@@ -213,6 +236,23 @@ def run_attribute(args: argparse.Namespace) -> None:
         else:
             # inseq refuses to overwrite without overwrite=True; the temporary file already exists (empty).
             write_output(path, option, lambda temporary: out.save(temporary, overwrite=True))
+
+
+def step_scores_for(
+    attribution_model: inseq.models.AttributionModel, method: str, methods: Sequence[str], args: argparse.Namespace
+) -> list[str]:
+    """The step scores to compute with ``method``: all requested ones, except that when several methods run,
+    final-step methods (``attention``, ``rotary_attention``: inseq refuses step scores there) leave them to a
+    step-by-step method of the list; the explorer shows a generation's step scores whichever method computed them."""
+    if not args.step_scores or len(methods) == 1:
+        return args.step_scores
+
+    def final_step(name: str) -> bool:
+        return attribution_model.get_attribution_method(name).is_final_step_method
+
+    if final_step(method) and not all(final_step(other) for other in methods):
+        return []
+    return args.step_scores
 
 
 def run_ground_truth(args: argparse.Namespace) -> None:
@@ -281,6 +321,8 @@ def run_inseq(args: argparse.Namespace) -> int:
         except OSError as error:
             name = getattr(inseq_args, "model_name_or_path", None) or "?"
             raise CLIError(model_load_message(name, name, error)) from None
+        except ValueError as error:  # bad input found by inseq or inseq_ext (e.g. a prompt over the length limit)
+            raise CLIError(f"inseq {args.inseq_args[0]}: {error}") from None
     return 0
 
 
