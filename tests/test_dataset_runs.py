@@ -189,7 +189,11 @@ def test_bad_rows_go_to_the_errors_file(reference):
     assert [error["example_index"] for error in errors] == sorted(error["example_index"] for error in errors)
     assert reasons["empty"] == "empty prompt"
     assert reasons["number"] == "prompt is not text (int)"
-    assert reasons["long"].startswith("too long for the model: ") and "the model takes 128" in reasons["long"]
+    assert reasons["long"] == (
+        "too long for the model: The prompt with its generation needs 167 tokens (162 + 5 new tokens), over the "
+        "limit of 128 tokens of this model (config.n_positions=128, tokenizer.model_max_length=128). Shorten the "
+        "prompt or ask for fewer new tokens (max_new_tokens)."
+    )
     assert "duplicate id 'p0'" in reasons["p0"]
     assert "line 7: not valid JSON" in reasons[None]
     assert load_dataset_attributions(reference).errors["reason"].tolist() == [error["reason"] for error in errors]
@@ -348,7 +352,11 @@ def test_two_processes_equal_one(reference, data_file, tmp_path):
 
 @pytest.mark.parametrize(
     ("model_name", "method", "options"),
-    [("gpt2", "block_gradient_x_input", {}), ("translation", "saliency", {"attribute_target": True})],
+    [
+        ("gpt2", "block_gradient_x_input", {}),
+        ("llama", "rotary_attention", {}),  # a tokenizer that adds BOS; layer x head scores
+        ("translation", "saliency", {"attribute_target": True}),
+    ],
 )
 def test_layer_scores_and_encoder_decoder_outputs_are_rebuilt_exactly(model_name, method, options, tmp_path):
     """Layer-resolved scores are kept raw and rebuilt in the method's class; an encoder-decoder's source and target
@@ -362,14 +370,16 @@ def test_layer_scores_and_encoder_decoder_outputs_are_rebuilt_exactly(model_name
                           max_new_tokens=4, show_progress=False, **options)  # fmt: skip
         run = load_dataset_attributions(tmp_path / "run")
         attribution_model = inseq.load_model(inseq_ext.demo_model(model_name), method)
+        step_scores = [] if method == "rotary_attention" else ["probability"]
         for _, record in run.examples.iterrows():
-            expected = attribution_model.attribute(record.prompt, record.generated_text, step_scores=["probability"],
+            expected = attribution_model.attribute(record.prompt, record.generated_text, step_scores=step_scores,
                                                    show_progress=False, **options)  # fmt: skip
             rebuilt = run.inseq_output(int(record.example_index))
             pairs = [(rebuilt, expected)]
-            if method == "block_gradient_x_input":
+            if method != "saliency":  # raw scores kept: the method's class, its extra dimensions
                 assert type(rebuilt.sequence_attributions[0]) is type(expected.sequence_attributions[0])
-                assert list(rebuilt.sequence_attributions[0].target_attributions.shape[2:]) == [4]  # layers
+                dims = list(rebuilt.sequence_attributions[0].target_attributions.shape[2:])
+                assert dims == ([4] if method == "block_gradient_x_input" else [3, 4])  # layers (+1), heads
             else:  # per-hidden-unit scores are not kept: the aggregated map is rebuilt
                 pairs = [(rebuilt, expected.aggregate())]
             pairs.append((rebuilt.aggregate(), expected.aggregate()))

@@ -9,7 +9,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from inseq_ext.dataset_runs.plan import length_problem, make_plan
+from inseq_ext.dataset_runs.plan import make_plan
 from inseq_ext.dataset_runs.sources import DatasetSourceError, DataSpec, Example, read_data
 
 ROWS = [
@@ -156,13 +156,3 @@ def test_plan_sorts_by_length_and_groups_batches_into_shards():
     assert [[batch.number for batch in shard.batches] for shard in plan.shards] == [[0, 1], [2, 3]]
     assert plan.digest() == make_plan(examples, [len(e.prompt) for e in examples], 2, 3).digest()
     assert plan.digest() != make_plan(examples, [len(e.prompt) for e in examples], 3, 3).digest()
-
-
-def test_length_problems():
-    assert length_problem(100, 28, 128, False, False) is None
-    assert length_problem(100, 29, 128, False, False) == (
-        "too long for the model: 100 prompt tokens + 29 new tokens (max_new_tokens) = 129, the model takes 128"
-    )
-    assert "the prompt is 129 tokens" in length_problem(129, 5, 128, True, True)
-    assert "the target needs 129 tokens (forced target)" in length_problem(10, 128, 128, True, True)
-    assert length_problem(10**6, 10, None, False, False) is None

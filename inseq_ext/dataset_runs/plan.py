@@ -68,53 +68,6 @@ def prompt_token_counts(tokenizer: Any, texts: Sequence[str], as_targets: bool =
     return [len(ids) for ids in encoded["input_ids"]]
 
 
-def context_limit(model: Any, tokenizer: Any) -> int | None:
-    """The most positions a sequence may have: the config's positions, capped by ``tokenizer.model_max_length``.
-
-    A minimal private check; the general one (``check_generation_length``, with the source of the limit in its
-    message) is being added to the package separately and can replace this one.
-    """
-    config = getattr(getattr(model, "model", model), "config", None)
-    limits = []
-    for name in ("n_positions", "max_position_embeddings", "n_ctx"):
-        value = getattr(config, name, None)
-        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
-            limits.append(value)
-            break
-    max_length = getattr(tokenizer, "model_max_length", None)
-    if isinstance(max_length, int) and 0 < max_length < 10**12:  # transformers' "unset" placeholder is 1e30
-        limits.append(max_length)
-    return min(limits) if limits else None
-
-
-def length_problem(
-    prompt_tokens: int, new_tokens: int, limit: int | None, is_encoder_decoder: bool, forced: bool
-) -> str | None:
-    """Why an example does not fit the model, or ``None`` when it fits.
-
-    Decoder-only models need ``prompt + new`` positions; encoder-decoders need ``prompt`` source positions and
-    ``new + 1`` target positions (the decoder start token). ``new_tokens`` is ``max_new_tokens`` for a generation,
-    the forced continuation's length otherwise.
-    """
-    if limit is None:
-        return None
-    what = "forced target" if forced else "max_new_tokens"
-    if is_encoder_decoder:
-        if prompt_tokens > limit:
-            return f"too long for the model: the prompt is {prompt_tokens} tokens, the model takes {limit}"
-        if new_tokens + 1 > limit:
-            return (
-                f"too long for the model: the target needs {new_tokens + 1} tokens ({what}), the model takes {limit}"
-            )
-        return None
-    if prompt_tokens + new_tokens > limit:
-        return (
-            f"too long for the model: {prompt_tokens} prompt tokens + {new_tokens} new tokens ({what}) = "
-            f"{prompt_tokens + new_tokens}, the model takes {limit}"
-        )
-    return None
-
-
 def make_plan(
     examples: Sequence[Example],
     prompt_lengths: Sequence[int],

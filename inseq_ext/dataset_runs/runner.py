@@ -35,15 +35,7 @@ import inseq_ext
 from inseq_ext.dataset_runs.batching import equal_length_groups, token_lengths, unpadded_forced_batches
 from inseq_ext.dataset_runs.distributed import Processes, current_processes
 from inseq_ext.dataset_runs.errors import DatasetRunError
-from inseq_ext.dataset_runs.plan import (
-    Batch,
-    Plan,
-    Shard,
-    context_limit,
-    length_problem,
-    make_plan,
-    prompt_token_counts,
-)
+from inseq_ext.dataset_runs.plan import Batch, Plan, Shard, make_plan, prompt_token_counts
 from inseq_ext.dataset_runs.progress import RunProgress
 from inseq_ext.dataset_runs.rows import (
     BASE_COLUMNS,
@@ -57,6 +49,7 @@ from inseq_ext.dataset_runs.rows import (
 from inseq_ext.dataset_runs.sources import BadRow, DataSet, DataSpec, Example, read_data
 from inseq_ext.dataset_runs.store import RunFolder
 from inseq_ext.demo_models import DEMO_MODEL_NAMES, demo_model
+from inseq_ext.generation_length import check_generation_length
 
 DEMO_PREFIX = "demo:"
 DEFAULT_MODEL = DEMO_PREFIX + "gpt2"
@@ -273,12 +266,16 @@ def plan_run(
         new_tokens = counts if is_encoder_decoder else [n - p for n, p in zip(counts, prompt_lengths, strict=True)]
     else:
         new_tokens = [max_new_tokens] * len(examples)
-    limit = context_limit(attribution_model, tokenizer)
     kept, kept_lengths, bad_rows = [], [], list(data_set.bad_rows)
     for example, length, new in zip(examples, prompt_lengths, new_tokens, strict=True):
-        problem = length_problem(length, new, limit, is_encoder_decoder, forced)
-        if problem is not None:
-            bad_rows.append(BadRow(example.index, example.id, problem))
+        try:  # token counts, not texts: the texts were tokenized above, all at once
+            if forced:
+                check_generation_length(attribution_model, [length], generated_texts=[new if is_encoder_decoder
+                                                                                      else length + new])  # fmt: skip
+            else:
+                check_generation_length(attribution_model, [length], max_new_tokens=new)
+        except ValueError as problem:
+            bad_rows.append(BadRow(example.index, example.id, f"too long for the model: {problem}"))
         else:
             kept.append(example)
             kept_lengths.append(length)
