@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import json
 import sys
 import tempfile
 from collections.abc import Callable, Sequence
@@ -39,6 +40,8 @@ from typing import Any
 
 PROG = "inseq-ext"
 DEMO_PREFIX = "demo:"
+#: New tokens generated when neither ``--max-new-tokens`` nor the model's generation config says how many.
+DEFAULT_MAX_NEW_TOKENS = 20
 
 #: Embedded demo models (``inseq_ext.demo_models.DEMO_MODEL_NAMES``).
 DEMO_MODEL_NAMES = ("gpt2", "llama", "translation")
@@ -184,17 +187,53 @@ def step_function_list(text: str) -> list[str]:
     return [step_function(name) for name in names]
 
 
-def key_value(text: str) -> tuple[str, Any]:
-    """``KEY=VALUE``, the value read as JSON when it parses (``20``, ``true``, ``[1, 2]``), as text otherwise."""
-    import json
+def model_reference(text: str) -> str:
+    """``demo:NAME``, a local model folder or a hub name; a missing folder or unknown demo model fails here.
 
-    key, separator, value = text.partition("=")
-    if not separator or not key.strip():
-        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    A value that can only be a path (absolute, starting with ``.`` or ``~``, ending with ``/``, or with more than
+    one ``/``: hub names are ``name`` or ``owner/name``) must be an existing folder.
+    """
+    if text.startswith(DEMO_PREFIX):
+        if text[len(DEMO_PREFIX) :] not in DEMO_MODEL_NAMES:
+            choices = ", ".join(DEMO_PREFIX + name for name in DEMO_MODEL_NAMES)
+            raise argparse.ArgumentTypeError(f"unknown demo model {text!r}; choose one of: {choices}")
+        return text
+    path = Path(text).expanduser()
+    looks_like_path = text.startswith(("/", ".", "~")) or text.endswith(("/", "\\")) or text.count("/") > 1
+    if path.exists() and not path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text} is a file; give a model folder, a hub name or demo:NAME")
+    if looks_like_path and not path.exists():
+        raise argparse.ArgumentTypeError(f"no such folder: {text}")
+    return text
+
+
+def parse_value(text: str) -> Any:
+    """A command-line value as Python: JSON (``50``, ``0.5``, ``[1, 2]``, ``"text"``), ``true``/``false``/``none``
+    in any case, otherwise the text itself (``l1``)."""
+    lowered = text.strip().lower()
+    if lowered in ("true", "false"):
+        return lowered == "true"
+    if lowered in ("none", "null"):
+        return None
     try:
-        return key.strip(), json.loads(value)
-    except json.JSONDecodeError:
-        return key.strip(), value
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+class MethodArgAction(argparse.Action):
+    """``--method-arg NAME=VALUE`` (repeatable) collected into a dict; a name given twice is an error."""
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        name, separator, raw = str(values).partition("=")
+        name = name.strip()
+        if not separator or not name.isidentifier():
+            parser.error(f"argument {option_string}: expected NAME=VALUE (e.g. norm=l1), got {values!r}")
+        collected = dict(getattr(namespace, self.dest) or {})
+        if name in collected:
+            parser.error(f"argument {option_string}: {name} given twice")
+        collected[name] = parse_value(raw)
+        setattr(namespace, self.dest, collected)
 
 
 def output_file(text: str) -> Path:
@@ -242,6 +281,8 @@ def add_attribute_command(commands: argparse._SubParsersAction) -> None:
         "--model",
         "-m",
         default=None,
+        type=model_reference,
+        metavar="MODEL",
         help=f"Hugging Face Hub name or local model folder, or an embedded demo model: {demo_models} "
         f"(default: {DEMO_PREFIX}gpt2)",
     )
@@ -258,9 +299,21 @@ def add_attribute_command(commands: argparse._SubParsersAction) -> None:
     attribute.add_argument(
         "--max-new-tokens",
         type=positive_int,
-        default=8,
+        default=None,
         metavar="N",
-        help="tokens to generate at most, greedily (default: %(default)s)",
+        help="tokens to generate at most, greedily; generation also stops at the end-of-text token (default: the "
+        f"model's generation config, max_new_tokens or max_length, else {DEFAULT_MAX_NEW_TOKENS}; never past the "
+        "model's positions)",
+    )
+    attribute.add_argument(
+        "--method-arg",
+        dest="method_args",
+        action=MethodArgAction,
+        default={},
+        metavar="NAME=VALUE",
+        help="an option of the method, repeatable: e.g. --method-arg norm=l1 --method-arg normalize=none "
+        "(custom_saliency), --method-arg n_steps=50 (integrated_gradients); values are read as JSON (numbers, "
+        "true/false, none, lists), else as text; unknown names are an error that lists the valid ones",
     )
     attribute.add_argument(
         "--attributed-fn",
@@ -344,6 +397,7 @@ def add_attribute_dataset_command(commands: argparse._SubParsersAction) -> None:
         "--model",
         "-m",
         default=None,
+        type=model_reference,
         help=f"Hugging Face Hub name, local model folder, or {demo_models} (default: {DEMO_PREFIX}gpt2)",
     )
     run.add_argument(
@@ -373,17 +427,20 @@ def add_attribute_dataset_command(commands: argparse._SubParsersAction) -> None:
     )
     run.add_argument(
         "--generation-arg",
-        action="append",
-        type=key_value,
-        metavar="KEY=VALUE",
-        help="a generate() argument, e.g. do_sample=true (repeatable; values read as JSON; seeded per batch)",
+        dest="generation_args",
+        action=MethodArgAction,
+        default={},
+        metavar="NAME=VALUE",
+        help="a generate() argument, repeatable, e.g. --generation-arg do_sample=true (sampling is seeded per batch)",
     )
     run.add_argument(
         "--method-arg",
-        action="append",
-        type=key_value,
-        metavar="KEY=VALUE",
-        help="an argument of the attribution method, e.g. n_steps=20 (repeatable; values read as JSON)",
+        dest="method_args",
+        action=MethodArgAction,
+        default={},
+        metavar="NAME=VALUE",
+        help="an option of the method, repeatable, e.g. --method-arg n_steps=20 (integrated_gradients); values as "
+        "for attribute; unknown names are an error that lists the valid ones",
     )
     run.add_argument(
         "--step-scores",

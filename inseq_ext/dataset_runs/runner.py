@@ -140,36 +140,25 @@ def check_method_args(
     step_scores: Sequence[str],
     method_args: dict[str, Any],
 ) -> None:
-    """Refuse options that neither the method, the attributed function nor a step score takes.
+    """Refuse, before anything runs, options that no receiver takes or values the method refuses.
 
-    inseq routes ``model.attribute``'s extra keyword arguments to those three by their signatures and only logs a
-    warning for the rest, so a misspelt option would silently be ignored for a whole data set. The same routing is
-    done here before anything runs.
+    inseq only logs (or drops) keyword arguments that neither the method, the attributed function nor a step score
+    takes, so a misspelt option would silently be ignored for a whole data set. The check is
+    :func:`inseq_ext.attr.method_args.check_attribution_kwargs` with ``method`` as the model's method for its
+    duration (the model's own default method is put back).
     """
-    from inseq.attr.step_functions import get_step_scores_args
-    from inseq.utils import extract_signature_args
+    from inseq_ext.attr.method_args import check_attribution_kwargs
 
     if not method_args:
         return
-    reserved = attribution_model.formatter.get_step_function_reserved_args()
-    attribution = attribution_model.get_attribution_method(method)
-    try:  # this package's methods check their options' values here too
-        _, unused_by_method = attribution.get_attribution_args(**method_args)
+    default_method = attribution_model.attribution_method
+    try:
+        attribution_model.attribution_method = attribution_model.get_attribution_method(method)
+        check_attribution_kwargs(attribution_model, method_args, attributed_fn, step_scores)
     except ValueError as error:
-        raise DatasetRunError(f"method options of {method!r}: {error}") from None
-    function = attribution_model.get_attributed_fn(attributed_fn)
-    _, unused_by_function = extract_signature_args(method_args, function, exclude_args=reserved, return_remaining=True)
-    used_by_step_scores = get_step_scores_args(list(step_scores), method_args, reserved)
-    unused = sorted(
-        name
-        for name in method_args
-        if name in unused_by_method and name in unused_by_function and name not in used_by_step_scores
-    )
-    if unused:
-        raise DatasetRunError(
-            f"method option {unused[0]!r} is taken neither by the method {method!r}, nor by the attributed "
-            "function, nor by a step score (inseq would ignore it); check its spelling"
-        )
+        raise DatasetRunError(f"method options: {(str(error).strip().splitlines() or [''])[0]}") from None
+    finally:
+        attribution_model.attribution_method = default_method
 
 
 def load_run_model(
