@@ -100,7 +100,8 @@ class RotaryAttentionAttribution(ExtFeatureAttribution):
         positions = torch.tensor([step - 1 for step in self.query_steps])
         weights = capture.attention(query_positions=positions, attention_mask=attention_mask)
         # (batch, layers, heads, steps, prefix) -> inseq's (batch, prefix, steps, layers, heads)
-        target = weights.permute(0, 4, 3, 1, 2).to(input_embeds.dtype)
+        # Kept in float32 (the dtype of the softmax): a bfloat16 copy would round every weight to 8 bits.
+        target = weights.permute(0, 4, 3, 1, 2)
         return MultiDimensionalFeatureAttributionStepOutput(
             source_attributions=None, target_attributions=target, _num_dimensions=2
         )
