@@ -159,7 +159,7 @@ class SavedTensorMeter:
             self.total += storage.nbytes()
             if self.limit is not None and self.total > self.limit:
                 raise MemoryBudgetExceeded(
-                    f"the forward pass saved more than {format_bytes(self.limit)} for the backward pass"
+                    f"the graph of the single forward pass outgrew the budget of {format_bytes(self.limit)}"
                 )
         return tensor
 

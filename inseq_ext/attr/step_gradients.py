@@ -234,7 +234,7 @@ class SingleForwardGradients:
                         self.batch, use_embeddings=True, **kwargs
                     )
         except MemoryBudgetExceeded as error:
-            failure = f"{error} (budget {format_bytes(self.plan.budget)})"
+            failure = str(error)
         except Exception as error:
             if not is_out_of_memory(error):
                 raise
