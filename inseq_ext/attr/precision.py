@@ -1,14 +1,19 @@
-"""Low-precision (bfloat16 / float16) models: what an attribution computes in float32, and how.
+r"""Low-precision (bfloat16 / float16) models: what an attribution computes in float32, and how.
 
 A model loaded in ``torch.bfloat16`` or ``torch.float16`` computes its logits in that dtype. inseq's step
 functions (``probability``, ``logprob``, ``entropy``, ...) then take a softmax over the vocabulary in that dtype:
 bfloat16 keeps 8 significant bits, so a probability close to 1 rounds to exactly 1 and its gradient (the
-attributed quantity of every gradient method) is dominated by rounding. While one of this package's methods runs,
-:func:`upcast_logits` makes the output-embedding layer (the language-model head) return float32 logits, so the
-step function, its softmax and the gradient flowing back from it start in float32; the weights and every other
-activation keep the model's dtype (a float32 copy of the model would double its memory). The methods themselves
-reduce in float32 (norms and normalization of ``custom_saliency``, the products and sums of
-``block_gradient_x_input``, the scores and softmax of ``rotary_attention``).
+attributed quantity of every gradient method) is dominated by rounding. The gradient of a probability close to 1
+is moreover a difference of nearly equal terms, :math:`\nabla p_t = p_t (\nabla z_t - \sum_j p_j \nabla z_j)`,
+which the head's backward pass (a sum over the whole vocabulary) computes with cancellation.
+
+So while one of this package's methods runs, :func:`upcast_logits` makes the language-model head compute in
+float32 from the model's own (low-precision) weights and hidden states: the logits, the step function and its
+softmax, and the head's backward pass (:class:`Float32LinearHead`), without a float32 copy of the weights. The rest
+of the model keeps its dtype (a float32 copy of the model would double its memory). The methods themselves reduce
+in float32 (norms and normalization of ``custom_saliency``, the products and sums of ``block_gradient_x_input``,
+the scores and softmax of ``rotary_attention``), and :class:`GradientScale` keeps float16 gradients from
+underflowing.
 """
 
 from __future__ import annotations
@@ -31,12 +36,54 @@ def is_low_precision(model: torch.nn.Module) -> bool:
     return model_dtype(model) in LOW_PRECISION_DTYPES
 
 
-def upcast_logits(model: torch.nn.Module, hooks: HookSet) -> bool:
-    """Make the model's output-embedding layer return float32 logits while ``hooks`` are registered.
+class Float32LinearHead(torch.autograd.Function):
+    """``x W^T + b`` computed in float32 from low-precision ``x`` and ``W``, forward and backward, chunk by chunk.
 
-    A no-op (returns ``False``) for float32/float64 models and for models without output embeddings. The hook
-    only changes the dtype of the layer's output, so the logits are the same numbers as the model's, and the
-    gradient that flows back into the head is cast to the head's dtype by autograd.
+    Neither pass materialises a float32 copy of ``W``: the vocabulary is processed :data:`CHUNK_BYTES` of float32
+    weights at a time. The gradient with respect to ``x`` is accumulated in float32 and returned in ``x``'s dtype;
+    the weights get none (attribution freezes them).
+    """
+
+    #: Bytes of float32 weights converted at a time.
+    CHUNK_BYTES = 2**26
+
+    @staticmethod
+    def row_chunks(weight: torch.Tensor) -> list[slice]:
+        """Slices of the weight's rows (vocabulary entries), each at most :data:`CHUNK_BYTES` in float32."""
+        rows = max(1, Float32LinearHead.CHUNK_BYTES // (4 * weight.shape[1]))
+        return [slice(start, start + rows) for start in range(0, weight.shape[0], rows)]
+
+    @staticmethod
+    def forward(ctx, hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        ctx.save_for_backward(weight)
+        ctx.hidden_dtype = hidden.dtype
+        flat = hidden.reshape(-1, hidden.shape[-1]).float()
+        logits = flat.new_empty((flat.shape[0], weight.shape[0]))
+        for rows in Float32LinearHead.row_chunks(weight):
+            logits[:, rows] = flat @ weight[rows].float().T
+        if bias is not None:
+            logits += bias.float()
+        return logits.reshape(*hidden.shape[:-1], weight.shape[0])
+
+    @staticmethod
+    def backward(ctx, grad_logits: torch.Tensor):
+        (weight,) = ctx.saved_tensors
+        flat = grad_logits.reshape(-1, weight.shape[0]).float()
+        grad_hidden = flat.new_zeros((flat.shape[0], weight.shape[1]))
+        for rows in Float32LinearHead.row_chunks(weight):
+            grad_hidden += flat[:, rows] @ weight[rows].float()
+        grad_hidden = grad_hidden.reshape(*grad_logits.shape[:-1], weight.shape[1]).to(ctx.hidden_dtype)
+        return grad_hidden, None, None
+
+
+def upcast_logits(model: torch.nn.Module, hooks: HookSet) -> bool:
+    """Make the model's language-model head compute float32 logits while ``hooks`` are registered.
+
+    For a bfloat16/float16 model whose output embeddings are an ``nn.Linear`` with weights on the hidden states'
+    device, a forward hook replaces the head's output with :class:`Float32LinearHead` of the same input, weights
+    and bias (the model's low-precision result is dropped); for other heads (e.g. weights offloaded by accelerate
+    hooks) the output is only cast to float32. A no-op (returns ``False``) for float32/float64 models and models
+    without output embeddings.
 
     Returns:
         Whether a hook was registered.
@@ -48,9 +95,19 @@ def upcast_logits(model: torch.nn.Module, hooks: HookSet) -> bool:
         return False
 
     def to_float32(module: torch.nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor | None:
-        if isinstance(output, torch.Tensor) and output.dtype in LOW_PRECISION_DTYPES:
-            return output.float()
-        return None
+        if not isinstance(output, torch.Tensor) or output.dtype not in LOW_PRECISION_DTYPES:
+            return None
+        hidden = args[0] if args and isinstance(args[0], torch.Tensor) else None
+        weight = getattr(module, "weight", None)
+        if (
+            isinstance(module, torch.nn.Linear)
+            and hidden is not None
+            and isinstance(weight, torch.Tensor)
+            and weight.device == hidden.device
+            and weight.device.type != "meta"
+        ):
+            return Float32LinearHead.apply(hidden, weight, module.bias)
+        return output.float()
 
     hooks.forward_hook(head, to_float32)
     return True

@@ -36,7 +36,6 @@ from .memory_budget import (
     SavedTensorMeter,
     count_blocks,
     default_memory_budget,
-    format_bytes,
     is_out_of_memory,
     plan_steps_per_backward,
     release_cached_memory,
