@@ -212,6 +212,8 @@ class SingleForwardGradients:
 
     def _fall_back(self, reason: str) -> PerStepFallback:
         self.release()
+        if self.capture is not None:
+            self.capture.clear()
         release_cached_memory(self.device)
         self.plan.steps_per_backward = 0
         self.plan.events.append(f"{reason}: one forward and backward pass per step from here on")
