@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from inseq_ext.tiny_models import build_tokenizer
 
@@ -14,6 +15,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
 import bench_common  # noqa: E402
 import gpu_suite  # noqa: E402
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    """One thread for these small models: on a busy shared machine, two threads wait on each other (6x slower)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def table_rows(text: str, title: str) -> list[list[str]]:
@@ -39,8 +49,6 @@ def test_gpu_suite_tiny_prints_both_tables(capsys):
 
 
 def test_out_of_memory_baseline_is_reported_not_raised():
-    import torch
-
     def exhausted():
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 128.00 GiB")
 

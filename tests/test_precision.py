@@ -14,11 +14,22 @@ from inseq_ext.attr.precision import Float32LinearHead, GradientScale, upcast_lo
 from inseq_ext.demo_models import demo_probes
 from inseq_ext.evaluation.precision import compare_maps, low_precision_agreement
 
+
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    """One thread for these small models: on a busy shared machine, two threads wait on each other (6x slower)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 METHODS = ["custom_saliency", "block_gradient_x_input", "rotary_attention"]
 #: Largest absolute score difference allowed between a bfloat16 map and its float32 copy's (the measured values
-#: are in docs/precision_and_memory.md). custom_saliency and rotary_attention scores lie in [0, 1];
-#: block_gradient_x_input scores are unnormalised (the largest are below 1 on these probes).
-MAX_DIFFERENCE = {"custom_saliency": 0.05, "block_gradient_x_input": 0.25, "rotary_attention": 0.02}
+#: are in docs/precision_and_memory.md), over raw scores: every layer (and head) for the multi-dimensional methods.
+#: custom_saliency and rotary_attention scores lie in [0, 1]; block_gradient_x_input scores are unnormalised (the
+#: largest are below 1 on these probes).
+MAX_DIFFERENCE = {"custom_saliency": 0.05, "block_gradient_x_input": 0.25, "rotary_attention": 0.1}
 
 
 def probe_texts(name: str, per_task: int = 8) -> tuple[list[str], list[str]]:
@@ -79,7 +90,7 @@ def test_no_dtype_errors_in_inseq_pieces(bf16_llama, method, tmp_path):
 
 
 def test_step_function_sees_float32_logits(bf16_llama):
-    """probability = softmax over the vocabulary in float32: its values equal a float32 softmax of the bf16 logits."""
+    """probability = softmax in float32 of float32 logits computed from the bf16 hidden states and head weights."""
     model, tokenizer = bf16_llama
     wrapper = inseq.load_model(model, "custom_saliency", tokenizer=tokenizer)
     prompt, target = "The capital of Norway is", "The capital of Norway is Oslo."
@@ -87,7 +98,8 @@ def test_step_function_sees_float32_logits(bf16_llama):
     ids = tokenizer(target, return_tensors="pt").input_ids
     n_prompt = len(tokenizer(prompt).input_ids)
     with torch.no_grad():
-        logits = model(ids).logits[0, n_prompt - 1 : -1].float()
+        hidden = model.model(ids).last_hidden_state[0, n_prompt - 1 : -1]
+        logits = hidden.float() @ model.lm_head.weight.float().T
     expected = logits.softmax(-1).gather(-1, ids[0, n_prompt:, None]).squeeze(-1)
     torch.testing.assert_close(out[0].step_scores["probability"], expected, atol=1e-6, rtol=1e-5)
 
@@ -101,8 +113,8 @@ def test_upcast_logits_only_for_low_precision_models(tiny_models):
 def test_gradient_scale_recovers_float16_underflow_and_backs_off_on_overflow():
     x = torch.full((4,), 1e-3, dtype=torch.float16, requires_grad=True)
 
-    def tiny_output():  # d/dx = 1e-8: below float16's smallest subnormal (6e-8)
-        return (x * 1e-4).sum() * 1e-4
+    def tiny_output():  # d/dx = 1e-8: below float16's smallest subnormal (6e-8); the output is float32, as the
+        return (x * 1e-4).float().sum() * 1e-4  # step functions' are (float32 logits)
 
     (plain,) = torch.autograd.grad(tiny_output(), x)
     assert torch.all(plain == 0)
