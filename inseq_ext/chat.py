@@ -4,7 +4,9 @@ Why plain ``model.attribute(rendered_chat)`` breaks in inseq 0.7.1: inseq genera
 text and checks that it starts with the input text (``Forced generations with decoder-only models must start with
 the input texts``). Chat templates are full of special tokens (``<|im_start|>``, ``<s>``): with several prompts
 inseq decodes with ``skip_special_tokens=True`` and they vanish from the generated text; and when the template
-writes ``<s>`` itself while the tokenizer also prepends one, the prompt is encoded with two BOS tokens.
+writes ``<s>`` itself while the tokenizer also prepends one, the prompt is encoded with two BOS tokens. (Since
+:mod:`inseq_ext.inseq_compat` the plain call no longer fails, but a batch of prompts that write ``<s>`` still gets
+two BOS tokens each; :func:`attribute_chat` gives exactly the template's tokens.)
 
 What works (:func:`attribute_chat`): render the template to text, drop a leading BOS string when the tokenizer adds
 BOS on its own (so the prompt is encoded exactly as the template intends), generate with the Hugging Face model,
@@ -35,6 +37,7 @@ import torch
 from inseq.data import FeatureAttributionOutput, FeatureAttributionSequenceOutput
 from inseq.utils.typing import TokenWithId
 
+from .generation_length import check_generation_length
 from .views.granularity import (
     char_spans_to_token_spans,
     merge_token_spans,
@@ -162,7 +165,7 @@ def attribute_chat(
         for prompt, answer in zip(prompts, answers, strict=True):
             prompt_ids = tokenizer(prompt).input_ids
             full_ids = tokenizer(prompt + answer).input_ids
-            _check_length(tokenizer, len(full_ids))
+            check_generation_length(model, len(prompt_ids), generated_texts=len(full_ids))
             if full_ids[: len(prompt_ids)] != prompt_ids:
                 raise ValueError(
                     f"The answer {answer!r} merges with the end of the prompt when tokenized; start it differently "
@@ -177,7 +180,7 @@ def attribute_chat(
     generated = []
     for prompt in prompts:
         encoded = tokenizer(prompt, return_tensors="pt").to(model.device)
-        _check_length(tokenizer, encoded.input_ids.shape[1] + 1)
+        check_generation_length(model, encoded.input_ids.shape[1], generation_args=generation_args)
         with torch.no_grad():
             sequences = model.model.generate(**encoded, **(generation_args or {}))
         prompt_ids = encoded.input_ids[0].tolist()
@@ -190,19 +193,8 @@ def attribute_chat(
                 "inseq attributes its re-tokenization of %r.",
                 continuation,
             )
-        _check_length(tokenizer, len(prompt_ids) + len(new_ids))
         generated.append(full_text)
     return model.attribute(prompts, generated, skip_special_tokens=False, **attribute_kwargs)
-
-
-def _check_length(tokenizer: Any, length: int) -> None:
-    # inseq truncates its inputs to model_max_length, which would silently cut the answer off the attribution.
-    limit = getattr(tokenizer, "model_max_length", None)
-    if isinstance(limit, int) and length > limit:
-        raise ValueError(
-            f"The chat prompt with its answer is {length} tokens, over the tokenizer's model_max_length of {limit}; "
-            "shorten the conversation or the answer."
-        )
 
 
 @dataclass(frozen=True)
@@ -412,15 +404,23 @@ def chat_message_scores(
     return _unit_scores(seq, tokenizer, [span.role for span in spans], token_spans, select, aggregate_fn)
 
 
-def data_block_lines(content: str, marker: str = "[DATA]") -> list[tuple[int, int]]:
-    """Character spans (blanks trimmed) of the non-blank lines of the first ``marker`` block of ``content``.
+#: How the entries of a ``[DATA]`` block are separated: one per line, or one per sentence (ending with ``.``),
+#: for blocks written on one line (``[DATA] library 9 to 13. email 8 to 20. [/DATA]``).
+DATA_ENTRY_PATTERNS = {"lines": r"[^\n]+", "sentences": r"[^.\n]+\.?"}
+
+
+def data_block_lines(content: str, marker: str = "[DATA]", entries: str = "lines") -> list[tuple[int, int]]:
+    """Character spans (blanks trimmed) of the non-blank entries of the first ``marker`` block of ``content``.
 
     The block starts right after the marker and ends at the closing marker (``[/DATA]`` for ``[DATA]``), else at
-    the first blank line after some data, else at the end of the content.
+    the first blank line after some data, else at the end of the content. ``entries="lines"`` (default): one entry
+    per line; ``"sentences"``: one per sentence ending with a full stop (a number like ``9.30`` would split).
 
     Raises:
-        ValueError: When ``content`` has no such block or the block has no lines.
+        ValueError: When ``content`` has no such block, the block has no entries, or ``entries`` is unknown.
     """
+    if entries not in DATA_ENTRY_PATTERNS:
+        raise ValueError(f"Unknown entries {entries!r}; choose one of: {', '.join(DATA_ENTRY_PATTERNS)}.")
     at = content.find(marker)
     if at < 0:
         raise ValueError(f"No {marker} block in this content.")
@@ -431,7 +431,7 @@ def data_block_lines(content: str, marker: str = "[DATA]") -> list[tuple[int, in
         blank = re.compile(r"\S[^\n]*\n[ \t]*\n").search(content, start)  # a blank line after some data
         end = blank.end() if blank else len(content)
     lines = []
-    for line in re.finditer(r"[^\n]+", content[start:end]):
+    for line in re.finditer(DATA_ENTRY_PATTERNS[entries], content[start:end]):
         stripped = line.group().strip()
         if stripped:
             first = start + line.start() + line.group().index(stripped)
@@ -452,6 +452,7 @@ def data_block_scores(
     aggregate_fn: str = "nansum",
     add_generation_prompt: bool = True,
     chat_template_kwargs: Mapping[str, Any] | None = None,
+    entries: str = "lines",
 ) -> ChatUnitScores:
     """Scores per line of the ``[DATA]`` block of a chat prompt (e.g. one line per opening-hours entry).
 
@@ -470,6 +471,7 @@ def data_block_scores(
         aggregate_fn: How a line's tokens merge: ``"nansum"`` (default), ``"nanmean"``, or an inseq function.
         add_generation_prompt: As given to :func:`attribute_chat`.
         chat_template_kwargs: As given to :func:`attribute_chat`.
+        entries: ``"lines"`` (default) or ``"sentences"``, see :func:`data_block_lines`.
 
     Raises:
         ValueError: When no (chosen) message contains the block, or as :func:`chat_message_scores`.
@@ -490,7 +492,7 @@ def data_block_scores(
     if holder is None:
         where = "the conversation" if message is None else f"message {message!r}"
         raise ValueError(f"No {marker} block in {where}; write the data lines after a {marker!r} line.")
-    lines = data_block_lines(holder.text, marker)
+    lines = data_block_lines(holder.text, marker, entries)
     hf_tokenizer = getattr(tokenizer, "tokenizer", tokenizer)
     prompt = render_chat(hf_tokenizer, messages, add_generation_prompt, **(chat_template_kwargs or {}))
     texts, shift = _prompt_token_texts(hf_tokenizer, prompt)

@@ -19,6 +19,7 @@ from inseq_ext.chat import (
     render_chat,
     with_chat_template,
 )
+from inseq_ext.inseq_compat import without_inseq_compat
 from inseq_ext.tiny_models import build_model, build_tokenizer
 
 TEMPLATE = (
@@ -41,12 +42,30 @@ def chat_model():
     return inseq.load_model(model, "saliency", tokenizer=tokenizer)
 
 
-def test_plain_inseq_call_fails_on_chat_prompts(chat_model):
-    prompts = [
-        chat_model.tokenizer.apply_chat_template(c, add_generation_prompt=True, tokenize=False) for c in CONVERSATIONS
-    ]
-    with pytest.raises(AssertionError, match="must start with the input texts"):
+def test_plain_inseq_call_on_chat_prompts(chat_model):
+    tokenizer = chat_model.tokenizer
+    prompts = [tokenizer.apply_chat_template(c, add_generation_prompt=True, tokenize=False) for c in CONVERSATIONS]
+    with without_inseq_compat(), pytest.raises(AssertionError, match="must start with the input texts"):
         chat_model.attribute(prompts, generation_args=GREEDY, show_progress=False)
+    # With inseq_ext's compatibility layer the call works: the attributed tokens are the tokens inseq encoded for
+    # generate (a template writing <s> gets a second one from the tokenizer in a batch; inseq drops it for a single
+    # prompt) followed by what the model generated from them. render_chat's text has exactly one.
+    rendered = [render_chat(tokenizer, c) for c in CONVERSATIONS]
+    for label, texts, n_bos in (
+        ("template, batch", prompts, 2),
+        ("template, one", prompts[:1], 1),
+        ("render_chat", rendered, 1),
+    ):
+        out = chat_model.attribute(texts, generation_args=GREEDY, show_progress=False)
+        for text, seq in zip(texts, out.sequence_attributions, strict=True):
+            prompt_ids = tokenizer(text).input_ids
+            if len(texts) == 1 and prompt_ids[:2] == [tokenizer.bos_token_id] * 2:
+                prompt_ids = prompt_ids[1:]
+            assert prompt_ids.count(tokenizer.bos_token_id) == n_bos, label
+            with torch.no_grad():
+                expected = chat_model.model.generate(torch.tensor([prompt_ids]), **GREEDY)[0].tolist()
+            assert [tok.id for tok in seq.target] == expected, label
+            assert seq.attr_pos_start == len(prompt_ids), label
 
 
 def test_attribute_chat_attributes_the_template_tokens(chat_model):
@@ -121,7 +140,7 @@ def test_forced_answer_is_attributed(support_model, support_output):
     tokenizer = support_model.tokenizer
     limit, tokenizer.model_max_length = tokenizer.model_max_length, 128
     try:
-        with pytest.raises(ValueError, match="is 1[0-9]{2} tokens, over the tokenizer's model_max_length of 128"):
+        with pytest.raises(ValueError, match="is 1[0-9]{2} tokens, over the limit of 128 tokens"):
             attribute_chat(support_model, SUPPORT_CHAT, answers=ANSWER + " " + ANSWER, show_progress=False)
     finally:
         tokenizer.model_max_length = limit
@@ -170,6 +189,23 @@ def test_data_line_scores_are_sums_of_their_tokens(support_model, support_output
     assert torch.equal(data_block_scores(support_output, tokenizer, SUPPORT_CHAT, message=0).scores, lines.scores)
 
 
+def test_data_block_on_one_line_scored_per_sentence(support_model):
+    """A block written on one line (the demo models' trained layout) is split into its sentences."""
+    tokenizer = support_model.tokenizer
+    entries = ["library 9 to 13.", "email 8 to 20.", "phone 10 to 13."]
+    chat = [{"role": "system", "content": f"[DATA] {' '.join(entries)} [/DATA]"},
+            {"role": "user", "content": "Opening hour of the phone"}]  # fmt: skip
+    output = attribute_chat(support_model, chat, answers=" 10.", show_progress=False)
+    scores = data_block_scores(output, tokenizer, chat, entries="sentences")
+    assert scores.labels == entries
+    prompt = render_chat(tokenizer, chat)
+    target = output[0].target_attributions
+    spans = [(prompt.index(entry), prompt.index(entry) + len(entry)) for entry in entries]
+    expected = [target[_tokens_of(prompt, tokenizer, start, end)].nansum(0) for start, end in spans]
+    assert torch.allclose(scores.scores, torch.stack(expected))
+    assert data_block_scores(output, tokenizer, chat).labels == [" ".join(entries)]  # by lines: one entry
+
+
 def test_chat_scores_refuse_bad_input(support_model, support_output):
     tokenizer = support_model.tokenizer
     with pytest.raises(ValueError, match=r"No \[DATA\] block in message 'user'"):
@@ -196,6 +232,11 @@ def test_data_block_extent():
     assert [unclosed[a:b] for a, b in data_block_lines(unclosed)] == ["inline", "next"]
     with pytest.raises(ValueError, match=r"The \[DATA\] block has no lines"):
         data_block_lines("[DATA][/DATA]")
+    one_line = "[DATA] library 9 to 13. email 8 to 20. phone 10 [/DATA] Opening hour of the phone"
+    entries = [one_line[a:b] for a, b in data_block_lines(one_line, entries="sentences")]
+    assert entries == ["library 9 to 13.", "email 8 to 20.", "phone 10"]
+    with pytest.raises(ValueError, match="Unknown entries 'words'; choose one of: lines, sentences"):
+        data_block_lines(one_line, entries="words")
 
 
 def test_message_spans_follow_the_template():

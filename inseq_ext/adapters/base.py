@@ -71,6 +71,9 @@ class ModelAdapter:
         decoder_blocks: Path of the decoder's (or decoder-only model's) block list, e.g. ``"model.layers"``.
         encoder_blocks: Path of the encoder's block list, for encoder-decoder models.
         attention: Where the decoder blocks' self-attention computes queries and keys (``None``: not described).
+        final_norm, encoder_final_norm: Path of the normalization applied to the output of the last decoder
+            (encoder) block and nothing else, in pre-norm architectures (GPT-2 ``transformer.ln_f``, Llama
+            ``model.norm``); ``None``, or a path the model lacks (BART has none, mBART has one), when there is none.
     """
 
     family: str
@@ -78,12 +81,30 @@ class ModelAdapter:
     decoder_blocks: str
     encoder_blocks: str | None = None
     attention: AttentionSpec | None = None
+    final_norm: str | None = None
+    encoder_final_norm: str | None = None
 
     def block_stacks(self, model: torch.nn.Module) -> BlockStacks:
         return BlockStacks(
             encoder=resolve_module_list(model, self.encoder_blocks) if self.encoder_blocks else None,
             decoder=resolve_module_list(model, self.decoder_blocks),
         )
+
+    def last_block_feeds_scale_invariant_norm(self, model: torch.nn.Module, encoder: bool = False) -> bool:
+        """Whether the last (encoder) block's output only enters a LayerNorm or RMSNorm.
+
+        Such a norm gives the same output for ``c * h`` as for ``h`` (up to its epsilon), so any function ``F`` of
+        it has ``sum_d dF/dh[d] * h[d] = d/dc F(norm(c * h)) at c = 1 = 0``: gradient x input there is zero.
+        """
+        path = self.encoder_final_norm if encoder else self.final_norm
+        module = resolve_module(model, path) if path else None
+        return module is not None and is_scale_invariant_norm(module)
+
+
+def is_scale_invariant_norm(module: torch.nn.Module) -> bool:
+    """LayerNorm and RMSNorm (``torch.nn`` or a family's own class, e.g. ``LlamaRMSNorm``, ``T5LayerNorm``)."""
+    name = type(module).__name__
+    return isinstance(module, torch.nn.LayerNorm | torch.nn.RMSNorm) or name.endswith(("LayerNorm", "RMSNorm"))
 
 
 def resolve_module(root: torch.nn.Module, path: str) -> torch.nn.Module | None:
