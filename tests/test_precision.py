@@ -25,11 +25,14 @@ def one_torch_thread():
 
 
 METHODS = ["custom_saliency", "block_gradient_x_input", "rotary_attention"]
-#: Largest absolute score difference allowed between a bfloat16 map and its float32 copy's (the measured values
-#: are in docs/precision_and_memory.md), over raw scores: every layer (and head) for the multi-dimensional methods.
-#: custom_saliency and rotary_attention scores lie in [0, 1]; block_gradient_x_input scores are unnormalised (the
-#: largest are below 1 on these probes).
-MAX_DIFFERENCE = {"custom_saliency": 0.05, "block_gradient_x_input": 0.25, "rotary_attention": 0.1}
+#: Largest absolute difference of any raw score (every layer, and head, for the multi-dimensional methods) allowed
+#: between a low-precision map and its float32 copy's; about 1.5x the largest measured over all 200 probes of
+#: each demo model (docs/precision_and_memory.md). custom_saliency and rotary_attention scores lie in [0, 1];
+#: raw block_gradient_x_input scores are below 0.015 on these probes.
+MAX_DIFFERENCE = {
+    torch.bfloat16: {"custom_saliency": 0.07, "block_gradient_x_input": 6e-4, "rotary_attention": 0.12},
+    torch.float16: {"custom_saliency": 0.035, "block_gradient_x_input": 2e-4, "rotary_attention": 0.02},
+}
 
 
 def probe_texts(name: str, per_task: int = 8) -> tuple[list[str], list[str]]:
@@ -51,7 +54,7 @@ def test_bfloat16_maps_match_float32_maps(name, method):
     agreement = low_precision_agreement(inseq_ext.demo_model(name), method, prompts, targets, torch.bfloat16)
     assert agreement.columns >= 80
     assert agreement.top1_rate >= 0.95, agreement
-    assert agreement.max_abs_difference <= MAX_DIFFERENCE[method], agreement
+    assert agreement.max_abs_difference <= MAX_DIFFERENCE[torch.bfloat16][method], agreement
 
 
 @pytest.mark.parametrize("method", ["custom_saliency", "block_gradient_x_input"])
@@ -60,7 +63,7 @@ def test_float16_maps_match_float32_maps(method):
     prompts, targets = probe_texts("gpt2", per_task=5)
     agreement = low_precision_agreement(inseq_ext.demo_model("gpt2"), method, prompts, targets, torch.float16)
     assert agreement.top1_rate >= 0.95, agreement
-    assert agreement.max_abs_difference <= MAX_DIFFERENCE[method] / 4, agreement
+    assert agreement.max_abs_difference <= MAX_DIFFERENCE[torch.float16][method], agreement
 
 
 @pytest.fixture(scope="module")
