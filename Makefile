@@ -30,6 +30,8 @@ bench: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) benchmarks/bench_custom_saliency.py
 	HF_HUB_OFFLINE=1 $(PY) benchmarks/bench_block_gradient_x_input.py
 	HF_HUB_OFFLINE=1 $(PY) benchmarks/bench_rotary_attention.py
+	HF_HUB_OFFLINE=1 $(PY) benchmarks/bench_attnlrp.py
+	HF_HUB_OFFLINE=1 $(PY) benchmarks/bench_dataset.py
 
 # Long prompts (512 to 4,096 tokens) and bf16/fp16 closeness: long (hours on 2 shared cores; --lengths for less).
 bench-long: $(STAMP)

@@ -47,7 +47,13 @@ DEFAULT_MAX_NEW_TOKENS = 20
 DEMO_MODEL_NAMES = ("gpt2", "llama", "translation")
 #: This package's attribution methods, then inseq 0.7.1's built-ins: together, inseq's registry after
 #: ``import inseq_ext`` (``inseq.list_feature_attribution_methods()``).
-PACKAGE_METHODS = ("custom_saliency", "block_gradient_x_input", "rotary_attention")
+PACKAGE_METHODS = (
+    "custom_saliency",
+    "block_gradient_x_input",
+    "rotary_attention",
+    "attention_rollout",
+    "attnlrp",
+)
 INSEQ_METHODS = (
     "attention",
     "deeplift",
@@ -96,7 +102,9 @@ GROUND_TRUTH_METHODS = (
     "integrated_gradients",
     "attention",
     "rotary_attention",
+    "attention_rollout",
     "block_gradient_x_input",
+    "attnlrp",
     RANDOM_BASELINE,
 )
 
@@ -378,6 +386,130 @@ def add_ground_truth_command(commands: argparse._SubParsersAction) -> None:
     ground_truth.set_defaults(handler="inseq_ext.cli:run_ground_truth")
 
 
+def add_attribute_dataset_command(commands: argparse._SubParsersAction) -> None:
+    """``attribute-dataset``: handler and options in :mod:`inseq_ext.dataset_runs` (``attribute_dataset``)."""
+    run = commands.add_parser(
+        "attribute-dataset",
+        help="attribute every prompt of a data set into resumable Parquet shards (several processes with "
+        "accelerate launch)",
+        description="Attribute every prompt of DATA (JSON Lines, CSV, TSV, Parquet, or a local Hugging Face "
+        "datasets folder) into OUT: one row per generated token, in Parquet shards written whole or not at all. "
+        "Rerun the same command after an interruption to resume; a different command on an existing OUT is "
+        "refused. Under `accelerate launch --num_processes N` (on CPUs add --multi_gpu) or torchrun, each process "
+        "attributes its share of the shards.",
+    )
+    run.add_argument("data", metavar="DATA", help="JSONL/CSV/TSV/Parquet file or a datasets folder (save_to_disk)")
+    run.add_argument("--out", "-o", required=True, metavar="DIR", help="output folder (created; rerun to resume)")
+    demo_models = ", ".join(DEMO_PREFIX + name for name in DEMO_MODEL_NAMES)
+    run.add_argument(
+        "--model",
+        "-m",
+        default=None,
+        type=model_reference,
+        help=f"Hugging Face Hub name, local model folder, or {demo_models} (default: {DEMO_PREFIX}gpt2)",
+    )
+    run.add_argument(
+        "--method",
+        "-a",
+        default=DEFAULT_METHOD,
+        type=attribution_method,
+        metavar="NAME",
+        help=f"attribution method (default: {DEFAULT_METHOD}); same names as for attribute",
+    )
+    run.add_argument("--prompt-column", default="prompt", metavar="NAME", help="prompts (default: %(default)s)")
+    run.add_argument(
+        "--target-column",
+        default=None,
+        metavar="NAME",
+        help="forced continuations, the text after the prompt (default: generate)",
+    )
+    run.add_argument("--id-column", default=None, metavar="NAME", help="example ids (default: the row number)")
+    run.add_argument("--limit", type=positive_int, default=None, metavar="N", help="only the first N rows")
+    run.add_argument("--split", default=None, help="split of a datasets folder that has several")
+    run.add_argument(
+        "--max-new-tokens",
+        type=positive_int,
+        default=8,
+        metavar="N",
+        help="tokens to generate at most per prompt, greedily (default: %(default)s)",
+    )
+    run.add_argument(
+        "--generation-arg",
+        dest="generation_args",
+        action=MethodArgAction,
+        default={},
+        metavar="NAME=VALUE",
+        help="a generate() argument, repeatable, e.g. --generation-arg do_sample=true (sampling is seeded per batch)",
+    )
+    run.add_argument(
+        "--method-arg",
+        dest="method_args",
+        action=MethodArgAction,
+        default={},
+        metavar="NAME=VALUE",
+        help="an option of the method, repeatable, e.g. --method-arg n_steps=20 (integrated_gradients); values as "
+        "for attribute; unknown names are an error that lists the valid ones",
+    )
+    run.add_argument(
+        "--step-scores",
+        action="extend",
+        default=None,
+        type=step_function_list,
+        metavar="NAME[,NAME...]",
+        help="step scores stored per generated token (default: probability, none for attention methods)",
+    )
+    run.add_argument("--no-step-scores", action="store_true", help="store no step scores")
+    run.add_argument(
+        "--attributed-fn", default=None, type=step_function, metavar="NAME", help="step function to attribute"
+    )
+    run.add_argument("--attribute-target", action="store_true", help="encoder-decoders: attribute the target too")
+    run.add_argument(
+        "--batch-size",
+        type=positive_int,
+        default=8,
+        metavar="N",
+        help="prompts generated and attributed together, of similar lengths (default: %(default)s)",
+    )
+    run.add_argument(
+        "--shard-size",
+        type=positive_int,
+        default=32,
+        metavar="N",
+        help="examples per output file, the most an interruption loses (default: %(default)s)",
+    )
+    run.add_argument(
+        "--raw-scores",
+        choices=("auto", "always", "never"),
+        default="auto",
+        help="keep the scores before aggregation (auto: for layer/head outputs; default: %(default)s)",
+    )
+    run.add_argument("--seed", type=int, default=0, help="seed of sampling and stochastic methods (default: 0)")
+    run.add_argument("--device", default=None, help="e.g. cpu or cuda (default: inseq's; one GPU per process)")
+    run.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    run.set_defaults(handler="inseq_ext.dataset_runs.command:run_attribute_dataset")
+
+
+def add_summarize_command(commands: argparse._SubParsersAction) -> None:
+    summarize = commands.add_parser(
+        "summarize",
+        help="statistics of attribute-dataset runs: examples, tokens, attribution mass on the prompt, most "
+        "attributed tokens, faithfulness",
+    )
+    summarize.add_argument("runs", nargs="+", metavar="DIR", help="output folders of attribute-dataset runs")
+    summarize.add_argument(
+        "--top", type=positive_int, default=10, metavar="N", help="most attributed tokens to list (default: 10)"
+    )
+    summarize.add_argument(
+        "--evaluate",
+        type=positive_int,
+        default=None,
+        metavar="N",
+        help="also evaluate the faithfulness of the first N examples of each run (reruns the model)",
+    )
+    summarize.add_argument("--json", type=output_file, metavar="FILE", help="also write the statistics as JSON")
+    summarize.set_defaults(handler="inseq_ext.dataset_runs.command:run_summarize")
+
+
 def add_demo_model_command(commands: argparse._SubParsersAction) -> None:
     demo = commands.add_parser("demo-model", help="print the local folder of an embedded demo model")
     demo.add_argument("name", nargs="?", default="gpt2", help=f"one of: {', '.join(DEMO_MODEL_NAMES)}")
@@ -398,6 +530,8 @@ def add_inseq_command(commands: argparse._SubParsersAction) -> None:
 COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     add_attribute_command,
     add_ground_truth_command,
+    add_attribute_dataset_command,
+    add_summarize_command,
     add_demo_model_command,
     add_inseq_command,
 ]

@@ -3,7 +3,6 @@ browses from disk (``file://``) with every table inside the page column."""
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -52,36 +51,26 @@ def test_docs_build_strictly(site):
         assert (site / f"{page}.html").is_file(), page
 
 
-def test_docs_browse_from_disk_and_tables_fit(site):
+def test_docs_browse_from_disk_and_tables_fit(site, browser):
     """Opened from disk, every navigation link leads to a file that exists, and no table runs past the column."""
-    from test_explorer_browser import CHROMIUM, CHROMIUM_ARGS, _missing_browser
-
     site, _ = site
-    reason = _missing_browser()
-    if reason:
-        if os.environ.get("INSEQ_EXT_REQUIRE_BROWSER") == "1":
-            pytest.fail(f"INSEQ_EXT_REQUIRE_BROWSER=1 but {reason}")
-        pytest.skip(reason)
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        page = browser.new_page(viewport={"width": 1280, "height": 900})
-        page.goto((site / "index.html").as_uri())
-        links = page.evaluate("() => Array.from(document.querySelectorAll('.wy-menu a')).map(a => a.href)")
-        pages = [link.split("#")[0] for link in links]
-        assert all(link.startswith("file://") for link in links) and len(set(pages)) >= 10, links
-        for url in dict.fromkeys(pages):
-            assert url.endswith(".html"), url  # a folder URL would show a directory listing from disk
-            assert Path(url.removeprefix("file://")).is_file(), url
-            page.goto(url)
-            widths = page.evaluate(
-                "() => Array.from(document.querySelectorAll('.wy-nav-content table'))"
-                ".map(t => [t.scrollWidth, t.parentElement.clientWidth])"
-            )
-            assert all(table <= column + 1 for table, column in widths), (url, widths)
-        # Clicking through from the home page works as in a served site.
-        page.goto((site / "index.html").as_uri())
-        page.click(".wy-menu a:text('Getting started')")
-        assert page.url.endswith("/getting_started.html") and "Getting started" in page.title()
-        browser.close()
+    # One Chromium for the whole session (tests/conftest.py::browser).
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    page.goto((site / "index.html").as_uri())
+    links = page.evaluate("() => Array.from(document.querySelectorAll('.wy-menu a')).map(a => a.href)")
+    pages = [link.split("#")[0] for link in links]
+    assert all(link.startswith("file://") for link in links) and len(set(pages)) >= 10, links
+    for url in dict.fromkeys(pages):
+        assert url.endswith(".html"), url  # a folder URL would show a directory listing from disk
+        assert Path(url.removeprefix("file://")).is_file(), url
+        page.goto(url)
+        widths = page.evaluate(
+            "() => Array.from(document.querySelectorAll('.wy-nav-content table'))"
+            ".map(t => [t.scrollWidth, t.parentElement.clientWidth])"
+        )
+        assert all(table <= column + 1 for table, column in widths), (url, widths)
+    # Clicking through from the home page works as in a served site.
+    page.goto((site / "index.html").as_uri())
+    page.click(".wy-menu a:text('Getting started')")
+    assert page.url.endswith("/getting_started.html") and "Getting started" in page.title()
+    page.close()
