@@ -20,7 +20,7 @@ import inseq_ext
 from inseq_ext.demo_models import demo_probes
 from inseq_ext.evaluation.precision import low_precision_agreement
 
-METHODS = ("custom_saliency", "block_gradient_x_input", "rotary_attention")
+METHODS = ("custom_saliency", "block_gradient_x_input", "rotary_attention", "attention_rollout", "attnlrp")
 
 
 def main() -> None:

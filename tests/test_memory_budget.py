@@ -131,6 +131,21 @@ def test_budget_below_the_graph_falls_back_to_per_step_passes(saliency_model, re
     assert max_abs_difference(expected, out) <= 1e-6
 
 
+@pytest.mark.parametrize("method", ["attnlrp", "block_gradient_x_input"])
+def test_other_single_forward_methods_follow_the_budget(tiny_models, method):
+    """attnlrp and block_gradient_x_input run on the same engine: a budget below the graph gives per-step passes
+    with the unconstrained numbers, and a bad value is refused the same way."""
+    model, tokenizer = tiny_models("llama")
+    attribution_model = inseq.load_model(model, method, tokenizer=tokenizer)
+    expected, full_plan = attribute(attribution_model)
+    out, plan = attribute(attribution_model, max_memory=full_plan.graph_bytes // 2)
+    assert full_plan.steps_per_backward == memory_budget.MAX_STEPS_PER_BACKWARD and not full_plan.per_step_forward
+    assert plan.per_step_forward and "outgrew the budget" in plan.events[0]
+    assert max_abs_difference(expected, out) <= 1e-6
+    with pytest.raises(ValueError, match="Invalid max_memory"):
+        attribution_model.attribute(PROMPT, FULL, show_progress=False, max_memory="lots")
+
+
 @pytest.fixture
 def failing_grad(monkeypatch):
     """Make ``torch.autograd.grad`` raise out-of-memory errors on chosen calls (``fail(predicate)``)."""

@@ -10,6 +10,7 @@ from inseq.data import CoarseFeatureAttributionStepOutput, DecoderOnlyBatch, Enc
 
 from .attnlrp_rules import install_attnlrp_rules, relevance_spec
 from .gradient_attribution import StepGradientAttribution, check_single_forward
+from .memory_budget import parse_memory
 
 
 @dataclass(frozen=True)
@@ -19,12 +20,16 @@ class AttnLrpOptions:
     Attributes:
         single_forward: As for ``custom_saliency``: ``None`` (default) serves all steps from one forward pass when
             the step function allows it; ``True``/``False`` force that path on or off.
+        max_memory: As for ``custom_saliency``: the memory budget of the single forward pass and its backward
+            passes (bytes or a string such as ``"2GB"``; ``None``: a share of the free memory).
     """
 
     single_forward: bool | None = None
+    max_memory: int | float | str | None = None
 
     def __post_init__(self) -> None:
         check_single_forward(self.single_forward)
+        parse_memory(self.max_memory)
 
 
 class AttnLrpAttribution(StepGradientAttribution):
