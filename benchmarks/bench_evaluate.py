@@ -82,7 +82,7 @@ def main() -> None:
         f"with the random baseline (3 seeds, once per generation): {t_random:8.3f} s "
         f"({t_random / t_attribute:.2f} x attribution; {scorer_random.forward_tokens} tokens)"
     )
-    print(f"soft comprehensiveness + soft sufficiency (5 samples each): {t_soft:8.3f} s ({t_soft / t_attribute:.2f} x)")
+    print(f"soft comprehensiveness + soft sufficiency: {t_soft:8.3f} s ({t_soft / t_attribute:.2f} x attribution)")
     print(
         "comp AOPC {:.4f}, suff AOPC {:.4f}".format(
             result.metrics["comprehensiveness"].mean, result.metrics["sufficiency"].mean

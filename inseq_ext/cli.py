@@ -6,6 +6,9 @@ Commands:
   [--json FILE] [--save FILE]``: generate a continuation of PROMPT, attribute it, print inseq's heatmap in the
   terminal and write the requested files. Without ``--model`` the embedded demo GPT-2 is used (no network).
 * ``inseq-ext ground-truth``: top-1 hit rates of attribution methods against the demo models' ground truth.
+* ``inseq-ext evaluate PROMPT --methods A,B,C``: attribute a generation with several methods and rank them by
+  faithfulness against a random baseline; ``inseq-ext evaluate-demos``: the same on the demo models' probes, next
+  to ground-truth pointing (:mod:`inseq_ext.evaluation.cli_evaluate`).
 * ``inseq-ext demo-model [NAME]``: print the local folder of an embedded demo model.
 * ``inseq-ext inseq COMMAND ...``: inseq's own CLI (``attribute``, ``attribute-dataset``, ``attribute-context``)
   with this package's methods available to ``--attribution_method``.
@@ -176,8 +179,11 @@ def heatmap_json(out: inseq.FeatureAttributionOutput, model_label: str, method: 
     return {"model": model_label, "method": method, "sequences": sequences}
 
 
-def write_output(path: Path, option: str, write: Callable[[Path], None]) -> None:
-    """Run ``write`` on a temporary path renamed to ``path`` on success; an I/O failure becomes a :class:`CLIError`."""
+def write_output(path: Path, option: str, write: Callable[[Path], None], kind: str | None = None) -> None:
+    """Run ``write`` on a temporary path renamed to ``path`` on success; an I/O failure becomes a :class:`CLIError`.
+
+    ``kind`` names the file in the confirmation line (default: from the option).
+    """
     try:
         with atomic_output(path) as temporary:
             write(temporary)
@@ -190,7 +196,7 @@ def write_output(path: Path, option: str, write: Callable[[Path], None]) -> None
         "--save": "inseq output",
         "--markdown": "Table",
     }
-    print(f"{kinds.get(option, option)} written to {path}")
+    print(f"{kind or kinds.get(option, option)} written to {path}")
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -279,6 +285,20 @@ def run_ground_truth(args: argparse.Namespace) -> None:
         write_output(
             Path(args.markdown), "--markdown", lambda temporary: temporary.write_text(table, encoding="utf-8")
         )
+
+
+def run_evaluate(args: argparse.Namespace) -> None:
+    """``inseq-ext evaluate``: see :func:`inseq_ext.evaluation.cli_evaluate.run_evaluate`."""
+    from .evaluation.cli_evaluate import run_evaluate as evaluate
+
+    evaluate(args)
+
+
+def run_evaluate_demos(args: argparse.Namespace) -> None:
+    """``inseq-ext evaluate-demos``: see :func:`inseq_ext.evaluation.cli_evaluate.run_evaluate_demos`."""
+    from .evaluation.cli_evaluate import run_evaluate_demos as evaluate_demos
+
+    evaluate_demos(args)
 
 
 def run_demo_model(args: argparse.Namespace) -> None:
@@ -401,6 +421,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ground_truth.add_argument("--markdown", default=None, help="also write the table to this file")
     ground_truth.set_defaults(handler=run_ground_truth)
+
+    from .evaluation.cli_evaluate import add_evaluate_demos_parser, add_evaluate_parser
+
+    add_evaluate_parser(commands, run_evaluate)
+    add_evaluate_demos_parser(commands, run_evaluate_demos, tuple(DEMO_MODEL_NAMES))
 
     demo = commands.add_parser("demo-model", help="print the local folder of an embedded demo model")
     demo.add_argument("name", nargs="?", default="gpt2", help=f"one of: {', '.join(DEMO_MODEL_NAMES)}")

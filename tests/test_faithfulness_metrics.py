@@ -103,7 +103,8 @@ def test_replacement_keeps_length_and_uses_the_baseline_token(weighted_output):
     result, scorer = evaluate(
         model, out, weights, metrics=["comprehensiveness"], ks=[1], removal="replace", baseline_token=prompt_ids[3]
     )
-    assert [q.decoder_ids for q in scorer.queries if q.decoder_ids != prompt_ids] == [(prompt_ids[3],) + prompt_ids[1:]]
+    replaced = [query.decoder_ids for query in scorer.queries if query.decoder_ids != prompt_ids]
+    assert replaced == [(prompt_ids[3],) + prompt_ids[1:]]
 
 
 def test_soft_metrics_by_hand(weighted_output):

@@ -35,7 +35,7 @@ from .steps import AttributedStep, Rationale, attributed_steps
 #: Metrics computed when none are named: the hard and soft removal metrics (plausibility is added when rationales
 #: are given).
 DEFAULT_METRICS = REMOVAL_METRICS + SOFT_METRICS
-DEFAULT_SOFT_SAMPLES = 5
+DEFAULT_SOFT_SAMPLES = 1  # one mask per input, as in Zhao & Aletras (2023)
 DEFAULT_RANDOM_SEEDS = 3
 DEFAULT_CURVE_POINTS = 11
 
@@ -220,7 +220,7 @@ def resolve_baseline(tokenizer: Any, baseline_token: str | int | None, removal: 
         raise ValueError("The tokenizer has no unk/pad/eos token to replace removed tokens with; pass baseline_token.")
     if isinstance(baseline_token, int) and not isinstance(baseline_token, bool):
         if not 0 <= baseline_token < len(tokenizer):
-            raise ValueError(f"baseline_token id {baseline_token} is outside the vocabulary (0..{len(tokenizer) - 1}).")
+            raise ValueError(f"baseline_token id {baseline_token} is not in the vocabulary (0..{len(tokenizer) - 1}).")
         return baseline_token
     if isinstance(baseline_token, str):
         token_id = tokenizer.convert_tokens_to_ids(baseline_token)
@@ -317,7 +317,7 @@ def _assemble(
 
         def mean_curve(runs: list[list[list[StepValues]]], metric: str = metric) -> list[float]:
             rows = [v.curves[metric] for run in runs for row in run for v in row if metric in v.curves]
-            return [_mean([row[i] for row in rows]) for i in range(len(fractions))]
+            return [_mean([row[i] for row in rows]) for i in range(len(settings.curve_fractions))]
 
         curves[metric] = CurveResult(fractions, mean_curve([attribution]), mean_curve(randoms) if randoms else None)
     tokens = [[{"step": s.step, "position": s.position, "token": s.token} for s in row] for row in per_sequence]

@@ -29,7 +29,6 @@ non-special input token, ``n`` of them) are ranked by importance; ``r_k`` are th
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 

@@ -52,7 +52,7 @@ class Ranking:
 def check_ks(ks: Sequence[int | float]) -> tuple[int | float, ...]:
     """Validate ``ks``: positive integers (token counts) and/or fractions in (0, 1] of the rankable tokens."""
     if isinstance(ks, str | bytes) or not isinstance(ks, Sequence) or len(ks) == 0:
-        raise ValueError(f"ks must be a non-empty list of token counts (int >= 1) and/or fractions in (0, 1]; got {ks!r}.")
+        raise ValueError(f"ks must be a non-empty list of token counts (ints >= 1) and/or fractions in (0, 1]: {ks!r}")
     checked: list[int | float] = []
     for k in ks:
         if isinstance(k, bool) or not isinstance(k, Real):
