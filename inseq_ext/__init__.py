@@ -4,7 +4,8 @@
 "custom_saliency")`` (or ``"rotary_attention"``, ...) and ``model.attribute(..., method="custom_saliency")`` work
 in any inseq workflow. It also registers the NaN-aware ``"nansum"``/``"nanmean"`` aggregation functions used for
 word/sentence granularity. ``inseq_ext.demo_model("gpt2")`` is the local folder of a small trained demo model that
-loads with no network.
+loads with no network. It also installs :mod:`inseq_ext.inseq_compat` (prompts of BOS-adding tokenizers such as
+Llama's, and a length check before generating) for every inseq method.
 """
 
 from .attr import (
@@ -17,12 +18,15 @@ from .attr import (
 )
 from .chat import attribute_chat
 from .demo_models import DEMO_MODEL_NAMES, demo_model
+from .generation_length import check_generation_length, context_limit
+from .inseq_compat import install_inseq_compat
 from .moved_modules import install_moved_module_finder
 from .step_functions import register_step_functions
 from .views import aggregate_granularity, score_of, span_attribution, write_explorer
 
 register_step_functions()
 install_moved_module_finder()
+install_inseq_compat()
 
 __version__ = "0.1.0"
 
@@ -35,6 +39,8 @@ __all__ = [
     "aggregate_granularity",
     "attribute_chat",
     "capture_queries_keys",
+    "check_generation_length",
+    "context_limit",
     "demo_model",
     "normalized_saliency",
     "score_of",

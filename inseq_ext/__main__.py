@@ -1,5 +1,8 @@
-"""``python -m inseq_ext``: the ``inseq-ext`` command line (see :mod:`inseq_ext.cli`)."""
+"""``python -m inseq_ext``: the ``inseq-ext`` command line (parser :mod:`inseq_ext_cli`, handlers :mod:`.cli`).
 
-from .cli import main
+This imports the package (and inseq) before parsing; ``inseq-ext`` and ``python -m inseq_ext_cli`` parse first.
+"""
+
+from inseq_ext_cli import main
 
 raise SystemExit(main())

@@ -4,7 +4,9 @@ Why plain ``model.attribute(rendered_chat)`` breaks in inseq 0.7.1: inseq genera
 text and checks that it starts with the input text (``Forced generations with decoder-only models must start with
 the input texts``). Chat templates are full of special tokens (``<|im_start|>``, ``<s>``): with several prompts
 inseq decodes with ``skip_special_tokens=True`` and they vanish from the generated text; and when the template
-writes ``<s>`` itself while the tokenizer also prepends one, the prompt is encoded with two BOS tokens.
+writes ``<s>`` itself while the tokenizer also prepends one, the prompt is encoded with two BOS tokens. (Since
+:mod:`inseq_ext.inseq_compat` the plain call no longer fails, but a batch of prompts that write ``<s>`` still gets
+two BOS tokens each; :func:`attribute_chat` gives exactly the template's tokens.)
 
 What works (:func:`attribute_chat`): render the template to text, drop a leading BOS string when the tokenizer adds
 BOS on its own (so the prompt is encoded exactly as the template intends), generate with the Hugging Face model,
@@ -35,6 +37,7 @@ import torch
 from inseq.data import FeatureAttributionOutput, FeatureAttributionSequenceOutput
 from inseq.utils.typing import TokenWithId
 
+from .generation_length import check_generation_length
 from .views.granularity import (
     char_spans_to_token_spans,
     merge_token_spans,
@@ -162,7 +165,7 @@ def attribute_chat(
         for prompt, answer in zip(prompts, answers, strict=True):
             prompt_ids = tokenizer(prompt).input_ids
             full_ids = tokenizer(prompt + answer).input_ids
-            _check_length(tokenizer, len(full_ids))
+            check_generation_length(model, len(prompt_ids), generated_texts=len(full_ids))
             if full_ids[: len(prompt_ids)] != prompt_ids:
                 raise ValueError(
                     f"The answer {answer!r} merges with the end of the prompt when tokenized; start it differently "
@@ -177,7 +180,7 @@ def attribute_chat(
     generated = []
     for prompt in prompts:
         encoded = tokenizer(prompt, return_tensors="pt").to(model.device)
-        _check_length(tokenizer, encoded.input_ids.shape[1] + 1)
+        check_generation_length(model, encoded.input_ids.shape[1], generation_args=generation_args)
         with torch.no_grad():
             sequences = model.model.generate(**encoded, **(generation_args or {}))
         prompt_ids = encoded.input_ids[0].tolist()
@@ -190,19 +193,8 @@ def attribute_chat(
                 "inseq attributes its re-tokenization of %r.",
                 continuation,
             )
-        _check_length(tokenizer, len(prompt_ids) + len(new_ids))
         generated.append(full_text)
     return model.attribute(prompts, generated, skip_special_tokens=False, **attribute_kwargs)
-
-
-def _check_length(tokenizer: Any, length: int) -> None:
-    # inseq truncates its inputs to model_max_length, which would silently cut the answer off the attribution.
-    limit = getattr(tokenizer, "model_max_length", None)
-    if isinstance(limit, int) and length > limit:
-        raise ValueError(
-            f"The chat prompt with its answer is {length} tokens, over the tokenizer's model_max_length of {limit}; "
-            "shorten the conversation or the answer."
-        )
 
 
 @dataclass(frozen=True)

@@ -1,21 +1,16 @@
-"""``inseq-ext``: attribute a generation from the command line, with this package's methods registered in inseq.
+"""Handlers of the ``inseq-ext`` commands (the parser is :mod:`inseq_ext_cli`, outside the package, so that
+``--help`` and argument errors answer without importing inseq; see its docstring for how to add a command).
 
-Commands:
-
-* ``inseq-ext attribute PROMPT [--model NAME_OR_PATH] [--method NAME] [--max-new-tokens N] [--html FILE]
-  [--json FILE] [--save FILE]``: generate a continuation of PROMPT, attribute it, print inseq's heatmap in the
-  terminal and write the requested files. Without ``--model`` the embedded demo GPT-2 is used (no network).
-* ``inseq-ext ground-truth``: top-1 hit rates of attribution methods against the demo models' ground truth.
-* ``inseq-ext evaluate PROMPT --methods A,B,C``: attribute a generation with several methods and rank them by
-  faithfulness against a random baseline; ``inseq-ext evaluate-demos``: the same on the demo models' probes, next
-  to ground-truth pointing (:mod:`inseq_ext.evaluation.cli_evaluate`).
-* ``inseq-ext demo-model [NAME]``: print the local folder of an embedded demo model.
-* ``inseq-ext inseq COMMAND ...``: inseq's own CLI (``attribute``, ``attribute-dataset``, ``attribute-context``)
-  with this package's methods available to ``--attribution_method``.
+* ``inseq-ext attribute PROMPT``: :func:`run_attribute`: generate a continuation of PROMPT, attribute it, print
+  inseq's heatmap in the terminal and write the requested files. Without ``--model`` the embedded demo GPT-2 is used.
+* ``inseq-ext ground-truth``: :func:`run_ground_truth`: top-1 hit rates against the demo models' ground truth.
+* ``inseq-ext demo-model [NAME]``: :func:`run_demo_model`: the local folder of an embedded demo model.
+* ``inseq-ext inseq COMMAND ...``: :func:`run_inseq`: inseq's own CLI (``attribute``, ``attribute-dataset``,
+  ``attribute-context``) with this package's methods available to ``--attribution_method``.
 
 Bad input (an unknown method, a model that cannot be loaded, an output path that cannot be written, an empty
-prompt) ends with one ``inseq-ext: error: ...`` line on stderr and exit status 2, before anything is computed
-where possible. Output files are written whole or not at all.
+prompt) ends with one ``inseq-ext: error: ...`` line on stderr and exit status 2 (:class:`CLIError`), before
+anything is computed where possible. Output files are written whole or not at all (:func:`write_output`).
 """
 
 from __future__ import annotations
@@ -26,7 +21,6 @@ import logging
 import math
 import os
 import sys
-import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -36,18 +30,15 @@ import inseq
 import torch
 
 import inseq_ext  # noqa: F401  (registers this package's methods and step functions in inseq)
+import inseq_ext_cli
+from inseq_ext_cli import DEMO_PREFIX, PROG, CLIError, main
 
 from .demo_models import DEMO_MODEL_NAMES, ENCODER_DECODER_DEMO_MODEL_NAMES, demo_model
 from .evaluation.ground_truth import EAGER_ATTENTION_METHODS
 from .files import atomic_output
 from .views.explorer import write_explorer
 
-PROG = "inseq-ext"
-DEMO_PREFIX = "demo:"
-
-
-class CLIError(Exception):
-    """A user-facing problem: reported as one line, exit status 2, no traceback."""
+__all__ = ["CLIError", "main", "run_attribute", "run_demo_model", "run_ground_truth", "run_inseq", "write_output"]
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -55,32 +46,17 @@ class CLIError(Exception):
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def check_method(method: str) -> None:
-    """Fail unless ``method`` is in inseq's registry (which includes this package's methods)."""
-    available = inseq.list_feature_attribution_methods()
-    if method not in available:
-        raise CLIError(f"unknown attribution method {method!r}; choose one of: {', '.join(sorted(available))}")
-
-
-def check_prompt(prompt: str) -> None:
-    if not prompt.strip():
-        raise CLIError("the prompt is empty; give some text to continue, e.g. 'The first president of America is'")
+def quiet_libraries() -> None:
+    """Keep inseq's informational log lines out of the command's output."""
+    logging.getLogger("inseq").setLevel(logging.WARNING)
 
 
 def check_writable(path: Path, option: str) -> None:
-    """Fail unless a file can be created at ``path`` (checked before the model runs, by creating a probe file)."""
-    if path.is_dir():
-        raise CLIError(f"{option} {path}: is a folder; give a file name")
-    ancestor = path.parent
-    while not ancestor.exists():
-        ancestor = ancestor.parent
-    if not ancestor.is_dir():
-        raise CLIError(f"{option} {path}: cannot be written, {ancestor} is not a folder")
+    """Fail with a :class:`CLIError` unless a file can be created at ``path`` (missing folders will be created)."""
     try:
-        with tempfile.TemporaryFile(dir=ancestor):
-            pass
-    except OSError as error:
-        raise CLIError(f"{option} {path}: cannot be written ({error.strerror or error})") from None
+        inseq_ext_cli.check_writable(path)
+    except argparse.ArgumentTypeError as error:
+        raise CLIError(f"{option} {error}") from None
 
 
 def resolve_model(name_or_path: str | None) -> tuple[str, str]:
@@ -206,24 +182,18 @@ def write_output(path: Path, option: str, write: Callable[[Path], None], kind: s
 
 def run_attribute(args: argparse.Namespace) -> None:
     """``inseq-ext attribute``: generate, attribute, show the heatmap, write the requested files."""
-    check_prompt(args.prompt)
-    check_method(args.method)
-    if args.max_new_tokens < 1:
-        raise CLIError(f"--max-new-tokens must be at least 1, got {args.max_new_tokens}")
-    outputs = [
-        (option, path)
-        for option, path in (
-            ("--html", args.html),
-            ("--heatmap-html", args.heatmap_html),
-            ("--json", args.json),
-            ("--save", args.save),
-        )
-    ]
-    outputs = [(option, Path(path)) for option, path in outputs if path is not None]
-    for option, path in outputs:
-        check_writable(path, option)
+    quiet_libraries()
+    requested = (("--html", args.html), ("--heatmap-html", args.heatmap_html), ("--json", args.json),
+                 ("--save", args.save))  # fmt: skip
+    outputs = [(option, path) for option, path in requested if path is not None]
     name_or_path, label = resolve_model(args.model)
     attribution_model = load_attribution_model(name_or_path, label, args.method)
+    from .generation_length import check_generation_length
+
+    try:  # before generating: a prompt over the model's length would fail deep inside the model
+        check_generation_length(attribution_model, args.prompt, args.max_new_tokens)
+    except ValueError as error:
+        raise CLIError(str(error)) from None
     generated_text = greedy_continuation(attribution_model, args.prompt, args.max_new_tokens)
     print(f"Model: {label} | method: {args.method} | generated: {generated_text!r}", flush=True)
     attribute_kwargs: dict[str, Any] = {"step_scores": args.step_scores, "show_progress": not args.quiet}
@@ -259,8 +229,7 @@ def run_ground_truth(args: argparse.Namespace) -> None:
     from .evaluation.ground_truth import applies_to, evaluate_model, markdown_table
     from .evaluation.translation_truth import evaluate_translation
 
-    if args.markdown is not None:
-        check_writable(Path(args.markdown), "--markdown")
+    quiet_libraries()
     results, alignment_results = [], []
     for name in args.models:
         for method in args.methods:
@@ -282,23 +251,7 @@ def run_ground_truth(args: argparse.Namespace) -> None:
     table = "\n".join(markdown_table(group) for group in (results, alignment_results) if group)
     print(table, end="")
     if args.markdown is not None:
-        write_output(
-            Path(args.markdown), "--markdown", lambda temporary: temporary.write_text(table, encoding="utf-8")
-        )
-
-
-def run_evaluate(args: argparse.Namespace) -> None:
-    """``inseq-ext evaluate``: see :func:`inseq_ext.evaluation.cli_evaluate.run_evaluate`."""
-    from .evaluation.cli_evaluate import run_evaluate as evaluate
-
-    evaluate(args)
-
-
-def run_evaluate_demos(args: argparse.Namespace) -> None:
-    """``inseq-ext evaluate-demos``: see :func:`inseq_ext.evaluation.cli_evaluate.run_evaluate_demos`."""
-    from .evaluation.cli_evaluate import run_evaluate_demos as evaluate_demos
-
-    evaluate_demos(args)
+        write_output(args.markdown, "--markdown", lambda temporary: temporary.write_text(table, encoding="utf-8"))
 
 
 def run_demo_model(args: argparse.Namespace) -> None:
@@ -311,6 +264,8 @@ def run_demo_model(args: argparse.Namespace) -> None:
 def run_inseq(args: argparse.Namespace) -> int:
     """Hand the remaining arguments to inseq's own CLI (built here, after this package registered its methods)."""
     from inseq.commands.cli import COMMANDS
+
+    quiet_libraries()
     from inseq.utils import InseqArgumentParser
 
     parser = InseqArgumentParser(prog=f"{PROG} inseq", usage=f"{PROG} inseq <COMMAND> [<ARGS>]")
@@ -335,6 +290,8 @@ def run_inseq(args: argparse.Namespace) -> int:
         except OSError as error:
             name = getattr(inseq_args, "model_name_or_path", None) or "?"
             raise CLIError(model_load_message(name, name, error)) from None
+        except ValueError as error:  # bad input found by inseq or inseq_ext (e.g. a prompt over the length limit)
+            raise CLIError(f"inseq {args.inseq_args[0]}: {error}") from None
     return 0
 
 
@@ -368,95 +325,3 @@ def atomic_inseq_outputs(argument_groups: Sequence[Any]) -> Iterator[None]:
     finally:
         for temporary, _ in renames:
             temporary.unlink(missing_ok=True)
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog=PROG,
-        description="Attribute generations of language models with inseq and this package's methods. Without "
-        "--model, the embedded demo GPT-2 is used (no network needed).",
-    )
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
-
-    attribute = commands.add_parser(
-        "attribute", help="attribute a generated continuation of a prompt and show the heatmap"
-    )
-    attribute.add_argument("prompt", help="text to continue (the source of the attribution)")
-    attribute.add_argument(
-        "--model",
-        "-m",
-        default=None,
-        help="Hugging Face Hub name or local folder; demo:gpt2 / demo:llama for the embedded demo models "
-        "(default: demo:gpt2)",
-    )
-    attribute.add_argument("--method", "-a", default="custom_saliency", help="attribution method (inseq registry)")
-    attribute.add_argument("--max-new-tokens", type=int, default=8, help="tokens to generate (greedy)")
-    attribute.add_argument("--attributed-fn", default=None, help="step function to attribute (default: probability)")
-    attribute.add_argument("--step-scores", nargs="*", default=[], help="step scores to add, e.g. probability")
-    attribute.add_argument(
-        "--html", default=None, help="write the interactive explorer (one offline HTML file) to this file"
-    )
-    attribute.add_argument("--heatmap-html", default=None, help="write inseq's static HTML heatmap to this file")
-    attribute.add_argument("--json", default=None, help="write the aggregated heatmap as plain JSON to this file")
-    attribute.add_argument(
-        "--save", default=None, help="write inseq's own format (FeatureAttributionOutput.save) to this file"
-    )
-    attribute.add_argument("--no-show", action="store_true", help="do not print the heatmap in the terminal")
-    attribute.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
-    attribute.set_defaults(handler=run_attribute)
-
-    from .evaluation.ground_truth import DEFAULT_METHODS
-
-    ground_truth = commands.add_parser(
-        "ground-truth",
-        help="how often each method's top-scored prompt token is the true source (demo models; for translation: "
-        "the aligned source word of each target word)",
-    )
-    ground_truth.add_argument("--models", nargs="+", default=list(DEMO_MODEL_NAMES), choices=DEMO_MODEL_NAMES)
-    ground_truth.add_argument(
-        "--methods", nargs="+", default=list(DEFAULT_METHODS), help="methods to compare; 'random' is the baseline"
-    )
-    ground_truth.add_argument(
-        "--per-task", type=int, default=None, help="probes per task; translation: sentences (default: all)"
-    )
-    ground_truth.add_argument("--markdown", default=None, help="also write the table to this file")
-    ground_truth.set_defaults(handler=run_ground_truth)
-
-    from .evaluation.cli_evaluate import add_evaluate_demos_parser, add_evaluate_parser
-
-    add_evaluate_parser(commands, run_evaluate)
-    add_evaluate_demos_parser(commands, run_evaluate_demos, tuple(DEMO_MODEL_NAMES))
-
-    demo = commands.add_parser("demo-model", help="print the local folder of an embedded demo model")
-    demo.add_argument("name", nargs="?", default="gpt2", help=f"one of: {', '.join(DEMO_MODEL_NAMES)}")
-    demo.set_defaults(handler=run_demo_model)
-
-    passthrough = commands.add_parser(
-        "inseq",
-        help="inseq's own CLI (attribute, attribute-dataset, attribute-context) with this package's methods",
-        add_help=False,
-    )
-    passthrough.add_argument("inseq_args", nargs=argparse.REMAINDER)
-    passthrough.set_defaults(handler=run_inseq)
-    return parser
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of ``inseq-ext`` and ``python -m inseq_ext``; returns the exit status."""
-    parser = build_parser()
-    try:
-        args = parser.parse_args(argv)
-    except SystemExit as exit_request:  # argparse: --help, or a usage error (already printed)
-        return int(exit_request.code or 0)
-    if args.command is None:
-        parser.print_help()
-        return 2
-    logging.getLogger("inseq").setLevel(logging.WARNING)
-    try:
-        status = args.handler(args)
-    except CLIError as error:
-        print(f"{PROG}: error: {error}", file=sys.stderr)
-        return 2
-    except SystemExit as exit_request:  # inseq's parser inside ``inseq-ext inseq``
-        return int(exit_request.code or 0) if not isinstance(exit_request.code, str) else 2
-    return int(status or 0)

@@ -19,6 +19,7 @@ from inseq_ext.chat import (
     render_chat,
     with_chat_template,
 )
+from inseq_ext.inseq_compat import without_inseq_compat
 from inseq_ext.tiny_models import build_model, build_tokenizer
 
 TEMPLATE = (
@@ -41,12 +42,30 @@ def chat_model():
     return inseq.load_model(model, "saliency", tokenizer=tokenizer)
 
 
-def test_plain_inseq_call_fails_on_chat_prompts(chat_model):
-    prompts = [
-        chat_model.tokenizer.apply_chat_template(c, add_generation_prompt=True, tokenize=False) for c in CONVERSATIONS
-    ]
-    with pytest.raises(AssertionError, match="must start with the input texts"):
+def test_plain_inseq_call_on_chat_prompts(chat_model):
+    tokenizer = chat_model.tokenizer
+    prompts = [tokenizer.apply_chat_template(c, add_generation_prompt=True, tokenize=False) for c in CONVERSATIONS]
+    with without_inseq_compat(), pytest.raises(AssertionError, match="must start with the input texts"):
         chat_model.attribute(prompts, generation_args=GREEDY, show_progress=False)
+    # With inseq_ext's compatibility layer the call works: the attributed tokens are the tokens inseq encoded for
+    # generate (a template writing <s> gets a second one from the tokenizer in a batch; inseq drops it for a single
+    # prompt) followed by what the model generated from them. render_chat's text has exactly one.
+    rendered = [render_chat(tokenizer, c) for c in CONVERSATIONS]
+    for label, texts, n_bos in (
+        ("template, batch", prompts, 2),
+        ("template, one", prompts[:1], 1),
+        ("render_chat", rendered, 1),
+    ):
+        out = chat_model.attribute(texts, generation_args=GREEDY, show_progress=False)
+        for text, seq in zip(texts, out.sequence_attributions, strict=True):
+            prompt_ids = tokenizer(text).input_ids
+            if len(texts) == 1 and prompt_ids[:2] == [tokenizer.bos_token_id] * 2:
+                prompt_ids = prompt_ids[1:]
+            assert prompt_ids.count(tokenizer.bos_token_id) == n_bos, label
+            with torch.no_grad():
+                expected = chat_model.model.generate(torch.tensor([prompt_ids]), **GREEDY)[0].tolist()
+            assert [tok.id for tok in seq.target] == expected, label
+            assert seq.attr_pos_start == len(prompt_ids), label
 
 
 def test_attribute_chat_attributes_the_template_tokens(chat_model):
@@ -121,7 +140,7 @@ def test_forced_answer_is_attributed(support_model, support_output):
     tokenizer = support_model.tokenizer
     limit, tokenizer.model_max_length = tokenizer.model_max_length, 128
     try:
-        with pytest.raises(ValueError, match="is 1[0-9]{2} tokens, over the tokenizer's model_max_length of 128"):
+        with pytest.raises(ValueError, match="is 1[0-9]{2} tokens, over the limit of 128 tokens"):
             attribute_chat(support_model, SUPPORT_CHAT, answers=ANSWER + " " + ANSWER, show_progress=False)
     finally:
         tokenizer.model_max_length = limit

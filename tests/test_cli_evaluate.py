@@ -84,7 +84,8 @@ def test_evaluate_translation_skips_decoder_only_methods(capsys):
         (["--metrics", "auprc"], ["rationale"]),
         (["--ks", "0.05,abc"], ["--ks", "'abc'"]),
         (["--ks", "1.5"], ["(0, 1]"]),
-        (["--removal", "mask"], ["--removal", "delete or replace"]),
+        (["--ks", "0"], ["at least 1"]),
+        (["--removal", "mask"], ["--removal", "'delete', 'replace'"]),
         (["--baseline-token", "<unk>"], ["--removal replace"]),
         (["--random-seeds", "-1"], ["--random-seeds"]),
         (["--max-new-tokens", "0"], ["--max-new-tokens"]),
@@ -138,3 +139,30 @@ def test_demo_table_lists_every_method_with_ground_truth_and_random_baseline():
 
     hits = evaluate_model("gpt2", ["custom_saliency"], per_task=1)[0]
     assert result["pointing_accuracy"].mean == pytest.approx(hits.overall)
+
+
+@pytest.mark.parametrize(
+    "arguments",
+    [
+        ["evaluate", "--help"],
+        ["evaluate-demos", "--help"],
+        ["evaluate", PROMPT, "--methods", "saliency,saliencee"],
+        ["evaluate", PROMPT, "--metrics", "comprehensivness"],
+        ["evaluate", PROMPT, "--ks", "2.5"],
+        ["evaluate", "  "],
+        ["evaluate-demos", "--models", "gpt5"],
+    ],
+)
+def test_evaluate_help_and_argument_errors_import_nothing_heavy(arguments):
+    from test_cli_launcher import imported_after
+
+    status, heavy, stderr = imported_after(arguments)
+    assert heavy == [], heavy
+    assert status == (0 if "--help" in arguments else 2), stderr
+
+
+def test_static_metric_names_equal_the_evaluation_metrics():
+    import inseq_ext_cli
+    from inseq_ext.evaluation.faithfulness import METRICS
+
+    assert inseq_ext_cli.FAITHFULNESS_METRICS == METRICS

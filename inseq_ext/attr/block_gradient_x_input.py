@@ -143,7 +143,11 @@ class BlockGradientXInputAttribution(StepGradientAttribution):
         self, attribute_fn_main_args: dict[str, Any], attribution_args: dict[str, Any] = {}
     ) -> BlockGradientXInputStepOutput:
         gradients, values = self.step_gradients(attribute_fn_main_args)
-        products = [(grad.float() * value.float()).sum(-1) for grad, value in zip(gradients, values, strict=True)]
+        # On the embeddings' device: the blocks of a model dispatched by accelerate may sit on other devices.
+        device = values[0].device
+        products = [
+            (grad.float() * value.float()).sum(-1).to(device) for grad, value in zip(gradients, values, strict=True)
+        ]
         n_inputs = len(attribute_fn_main_args["inputs"])
         embeddings, blocks = products[:n_inputs], products[n_inputs:]
         n_source_blocks = self.layer_counts[0]

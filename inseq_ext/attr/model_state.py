@@ -72,6 +72,12 @@ def count_hooks(module: torch.nn.Module) -> int:
     )
 
 
+def is_dispatched(model: torch.nn.Module | None) -> bool:
+    """Whether accelerate placed ``model`` (``dispatch_model``, ``cpu_offload``, ``device_map=`` loading): some
+    module carries accelerate's hook (``_hf_hook``), which moves inputs and, when offloaded, loads weights."""
+    return isinstance(model, torch.nn.Module) and any(hasattr(module, "_hf_hook") for module in model.modules())
+
+
 class HookSet:
     """Hooks registered by one attribution call; :meth:`remove_all` takes every one of them off again."""
 

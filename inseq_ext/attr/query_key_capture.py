@@ -321,16 +321,17 @@ class QueryKeyCapture:
         layer_ids = list(range(len(self.layers)) if layers is None else layers)
         if not layer_ids or not all(0 <= idx < len(self.layers) for idx in layer_ids):
             raise ValueError(f"layers must be a non-empty list of indices in [0, {len(self.layers)}); got {layers}.")
-        masks: dict[int | None, torch.Tensor] = {}  # one per sliding-window size, shared by the layers
+        # One mask per sliding-window size and device, shared by the layers (a model dispatched over devices by
+        # accelerate has its layers, hence their queries and keys, on different devices).
+        masks: dict[tuple[int | None, torch.device], torch.Tensor] = {}
         weights = None
         for slot, idx in enumerate(layer_ids):
             record = self.layers[idx]
             queries, keys = self.queries(idx, positions), self.keys(idx)
-            if record.sliding_window not in masks:
-                masks[record.sliding_window] = visible_keys(
-                    positions.to(queries.device), n_positions, mask, record.sliding_window
-                )
-            layer_weights = attention_rows(queries, keys, record.scaling, masks[record.sliding_window])
+            key = (record.sliding_window, queries.device)
+            if key not in masks:
+                masks[key] = visible_keys(positions.to(queries.device), n_positions, mask, record.sliding_window)
+            layer_weights = attention_rows(queries, keys, record.scaling, masks[key])
             if weights is None:  # filled layer by layer: no list of per-layer tensors to stack (and copy)
                 weights = layer_weights.new_empty((layer_weights.shape[0], len(layer_ids), *layer_weights.shape[1:]))
             weights[:, slot] = layer_weights
