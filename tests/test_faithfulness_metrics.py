@@ -204,6 +204,9 @@ def test_result_summary_and_dict(weighted_output):
     assert payload["metrics"]["pointing_accuracy"]["values"][0] == [1.0, None, None, None]
     summary = result.explorer_summary()
     assert summary["method"] == "saliency" and {m["name"] for m in summary["metrics"]} == set(result.metrics)
+    menu = result.explorer_metrics()
+    assert menu["comp AOPC"] == round(result["comprehensiveness"].mean, 3)
+    assert result.explorer_metrics(per_generation=True)["pointing"] == [1.0]  # one generation
 
 
 @pytest.mark.parametrize(

@@ -135,6 +135,10 @@ class MethodComparison:
             "failures": self.failures,
         }
 
+    def explorer_metrics(self, per_generation: bool = False) -> dict[str, dict[str, Any]]:
+        """``method -> {metric label: value}``: the ``metrics=`` argument of the explorer's multi-method page."""
+        return {method: result.explorer_metrics(per_generation) for method, result in self.results.items()}
+
     def explorer_summaries(self) -> dict[str, dict[str, Any]]:
         """``method -> FaithfulnessResult.explorer_summary()``: what the explorer shows next to each map."""
         return {method: result.explorer_summary() for method, result in self.results.items()}

@@ -190,6 +190,23 @@ class FaithfulnessResult:
             "metrics": entries,
         }
 
+    def explorer_metrics(self, per_generation: bool = False, digits: int = 3) -> dict[str, float | list[float | None]]:
+        """``{metric label: value}`` for the explorer's method menu (``write_explorer(..., metrics={method: ...})``).
+
+        Args:
+            per_generation: One value per sequence (its mean over tokens; ``None`` where undefined) instead of the
+                mean over all tokens, for an explorer holding one page per generation.
+            digits: Rounding of the values.
+        """
+        entries: dict[str, float | list[float | None]] = {}
+        for name, metric in self.metrics.items():
+            label = LABELS.get(name, name)
+            if per_generation:
+                entries[label] = [_round(_row_mean(row), digits) for row in metric.values]
+            elif not math.isnan(metric.mean):
+                entries[label] = round(metric.mean, digits)
+        return entries
+
     def plot_curves(self, path: str | os.PathLike) -> Path:
         """Write the mean deletion and insertion curves (attribution vs random baseline) as a PNG."""
         from .plots import plot_curves
@@ -199,6 +216,15 @@ class FaithfulnessResult:
 
 def _none(value: float) -> float | None:
     return None if math.isnan(value) else value
+
+
+def _row_mean(values: list[float]) -> float:
+    finite = [value for value in values if not math.isnan(value)]
+    return sum(finite) / len(finite) if finite else math.nan
+
+
+def _round(value: float, digits: int) -> float | None:
+    return None if math.isnan(value) else round(value, digits)
 
 
 def _signed(estimate: Estimate) -> str:
