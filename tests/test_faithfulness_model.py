@@ -202,3 +202,20 @@ def test_random_map_scores_at_the_random_baseline_and_an_oracle_beats_it(demo_ll
     oracle = evaluate_faithfulness(demo_llama, outputs, random_seeds=5, scorer=scorer, metrics=["comprehensiveness"],
                                    ks=[1])  # fmt: skip
     assert oracle["comprehensiveness"].beats_random
+
+
+def test_a_batched_output_scores_like_one_output_per_prompt(attribution_models):
+    model = attribution_models("llama")  # left-padded batch, prompts of different lengths
+    prompts = ["The first", "Hello ladies and gentlemen"]
+    targets = ["The first president", "Hello ladies and gentlemen, I am"]
+    batched = model.attribute(prompts, targets, method="saliency", show_progress=False)
+    pairs = zip(prompts, targets, strict=True)
+    separate = [model.attribute(p, t, method="saliency", show_progress=False) for p, t in pairs]
+    options = {"metrics": ["comprehensiveness", "sufficiency"], "random_seeds": 1, "bootstrap": 0}
+    together = evaluate_faithfulness(model, batched, **options)
+    apart = evaluate_faithfulness(model, separate, **options)
+    assert together.tokens == apart.tokens and [len(row) for row in together.tokens] == [4, 4]
+    for metric in ("comprehensiveness", "sufficiency"):
+        for field in ("values", "random_values"):
+            flat = [value for row in getattr(together[metric], field) for value in row]
+            assert flat == pytest.approx([value for row in getattr(apart[metric], field) for value in row], abs=1e-7)

@@ -281,14 +281,13 @@ class ProbabilityScorer:
         return answers
 
     def _model_inputs(self, rows: list[_Row], device: torch.device) -> dict[str, torch.Tensor]:
-        decoder = _right_padded_ids(
-            [row.decoder_ids for row in rows], pad=None, device=device
-        )  # pad by repeating the last token: no attention mask needed under causal attention
+        # Decoder inputs are padded by repeating their last token: no real position attends to a later one.
+        decoder = _right_padded_ids([row.decoder_ids for row in rows], pad=None, device=device)
         if not self.is_encoder_decoder:
             if rows[0].kind == "tokens":
                 return {"input_ids": decoder}
             embed = self.model.get_input_embeddings()
-            return {"inputs_embeds": self._masked_embeddings(embed, rows, decoder, [row.decoder_ids for row in rows])}
+            return {"inputs_embeds": _masked_embeddings(embed, rows, decoder)}
         encoder_ids = [row.encoder_ids or () for row in rows]
         encoder = _right_padded_ids(encoder_ids, pad=self.pad_token_id, device=device)
         mask = torch.zeros_like(encoder)
@@ -298,22 +297,22 @@ class ProbabilityScorer:
         if rows[0].kind == "tokens":
             inputs["input_ids"] = encoder
         else:
-            embed = self.model.get_encoder().get_input_embeddings()
-            inputs["inputs_embeds"] = self._masked_embeddings(embed, rows, encoder, encoder_ids)
+            inputs["inputs_embeds"] = _masked_embeddings(
+                self.model.get_encoder().get_input_embeddings(), rows, encoder
+            )
         return inputs
 
-    def _masked_embeddings(
-        self,
-        embed: Callable[[torch.Tensor], torch.Tensor],
-        rows: list[_Row],
-        ids: torch.Tensor,
-        unpadded: list[tuple[int, ...]],
-    ) -> torch.Tensor:
-        embeddings = embed(ids)
-        masks = torch.zeros(embeddings.shape[:2] + (embeddings.shape[2],), dtype=embeddings.dtype)
-        for index, (row, row_ids) in enumerate(zip(rows, unpadded, strict=True)):
-            masks[index, : len(row_ids)] = bernoulli_keep_mask(row.keep or (), embeddings.shape[2], row.noise_seed)
-        return embeddings * masks.to(embeddings.device)
+
+def _masked_embeddings(
+    embed: Callable[[torch.Tensor], torch.Tensor], rows: list[_Row], ids: torch.Tensor
+) -> torch.Tensor:
+    """Embeddings of the (right-padded) perturbed side, each row multiplied by its Bernoulli keep-mask."""
+    embeddings = embed(ids)
+    masks = torch.zeros(embeddings.shape, dtype=embeddings.dtype)
+    for index, row in enumerate(rows):
+        keep = row.keep or ()
+        masks[index, : len(keep)] = bernoulli_keep_mask(keep, embeddings.shape[2], row.noise_seed)
+    return embeddings * masks.to(embeddings.device)
 
 
 def bernoulli_keep_mask(keep: Sequence[float], hidden_size: int, noise_seed: int) -> torch.Tensor:
@@ -331,10 +330,7 @@ def bernoulli_keep_mask(keep: Sequence[float], hidden_size: int, noise_seed: int
 
 
 def _right_padded_ids(sequences: list[tuple[int, ...]], pad: int | None, device: torch.device) -> torch.Tensor:
-    """Right-padded ids; ``pad=None`` repeats each row's last token (a pad id could trigger padding warnings)."""
+    """Right-padded ids; ``pad=None`` repeats each row's last token (a pad id would trigger padding warnings)."""
     longest = max(len(ids) for ids in sequences)
-    padded = [
-        list(ids) + [ids[-1] if pad is None and ids else (pad if pad is not None else 0)] * (longest - len(ids))
-        for ids in sequences
-    ]
+    padded = [list(ids) + [ids[-1] if pad is None else pad] * (longest - len(ids)) for ids in sequences]
     return torch.tensor(padded, dtype=torch.long, device=device)
