@@ -62,16 +62,22 @@ def some_queries(ids: list[int], encoder_decoder: bool) -> list:
     return queries
 
 
-@pytest.mark.parametrize("architecture", ["gpt2", "llama", "bart"])
+@pytest.mark.parametrize("architecture", ["gpt2", "llama", "mistral", "gpt_neox", "bart"])
 def test_scorer_equals_plain_forward_passes(tiny_models, architecture):
     model, tokenizer = tiny_models(architecture)
-    ids = tokenizer("The first president of America is George").input_ids[:10]
+    ids = tokenizer("The first president of America is George Washington and").input_ids[:14]
     queries = some_queries(ids, architecture == "bart")
-    scorer = ProbabilityScorer(model, batch_tokens=64)  # several batches
+    # Several batches; decoder-only batches share their common beginning through the key/value cache.
+    scorer = ProbabilityScorer(model, batch_tokens=64, min_shared_prefix=2)
     answers = scorer(queries)
     expected = [direct_probability(model, query) for query in queries]
     assert answers == pytest.approx(expected, abs=1e-5)
-    assert scorer.forward_passes < len(queries)
+    naive_tokens = sum(len(q.decoder_ids) + len(q.encoder_ids or ()) for q in queries)
+    assert scorer.forward_tokens < (0.7 if architecture == "bart" else 0.6) * naive_tokens
+    if architecture != "bart":
+        unshared = ProbabilityScorer(model, batch_tokens=64, min_shared_prefix=None)
+        assert unshared(queries) == pytest.approx(expected, abs=1e-5)
+        assert scorer.forward_tokens < unshared.forward_tokens
 
 
 def test_prefixes_of_one_sequence_take_one_forward_pass(tiny_models):

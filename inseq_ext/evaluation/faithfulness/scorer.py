@@ -11,7 +11,10 @@ passes:
 * a query whose input is a prefix of another query's input is read off that longer input's forward pass at an
   earlier position (a causal decoder's output at position ``i`` does not depend on later tokens). The generation's
   own probabilities at all steps thus come from one pass, and so do removals that several steps share;
-* the remaining inputs are right-padded into batches of up to ``batch_tokens`` tokens and run under
+* decoder-only inputs are sorted so that inputs sharing a long beginning (e.g. the same prefix up to the first
+  removed token) fall into one batch; that shared beginning runs once, and its key/value cache serves the rest of
+  every input of the batch;
+* the inputs are right-padded into batches of up to ``batch_tokens`` tokens (and little padding) and run under
   ``torch.no_grad()`` in eval mode; the language-model head is applied only at the positions read.
 
 Right padding needs no attention mask on the decoder side: under causal attention no real token attends to a later
@@ -21,6 +24,7 @@ pad. Encoder inputs of encoder-decoder models are padded with an attention mask.
 from __future__ import annotations
 
 import hashlib
+import inspect
 from collections import defaultdict
 from collections.abc import Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -32,6 +36,10 @@ from transformers import PreTrainedModel
 from ...attr.model_state import preserved_model_state
 
 DEFAULT_BATCH_TOKENS = 4096
+#: A batch of decoder-only inputs shares its common beginning through a key/value cache from this many tokens on.
+DEFAULT_MIN_SHARED_PREFIX = 16
+#: A batch stops growing when padding would exceed this share of its tokens.
+MAX_PADDING_SHARE = 0.2
 
 
 @dataclass(frozen=True)
@@ -113,13 +121,19 @@ class ProbabilityScorer:
         pad_token_id: Not used for decoder inputs (they are padded by repeating their last token, which no real
             position attends to); encoder inputs are padded with it under an attention mask. Defaults to the
             model config's pad token, else 0.
+        min_shared_prefix: Decoder-only models: a batch whose inputs begin with at least this many common tokens
+            runs them once and reuses their key/value cache (``None`` never shares: one plain pass per batch).
 
     The model is put in eval mode during a call; its modes, ``requires_grad`` flags and hooks are restored after
     (:func:`~inseq_ext.attr.model_state.preserved_model_state`), also when a call fails.
     """
 
     def __init__(
-        self, model: PreTrainedModel, batch_tokens: int = DEFAULT_BATCH_TOKENS, pad_token_id: int | None = None
+        self,
+        model: PreTrainedModel,
+        batch_tokens: int = DEFAULT_BATCH_TOKENS,
+        pad_token_id: int | None = None,
+        min_shared_prefix: int | None = DEFAULT_MIN_SHARED_PREFIX,
     ) -> None:
         if batch_tokens < 1:
             raise ValueError(f"batch_tokens must be a positive number of tokens, got {batch_tokens}.")
@@ -128,6 +142,9 @@ class ProbabilityScorer:
         self.is_encoder_decoder = bool(getattr(model.config, "is_encoder_decoder", False))
         config_pad = getattr(model.config, "pad_token_id", None)
         self.pad_token_id = pad_token_id if pad_token_id is not None else (config_pad if config_pad is not None else 0)
+        self.min_shared_prefix = min_shared_prefix
+        parameters = inspect.signature(model.forward).parameters
+        self._cache_argument = "cache" if "cache" in parameters else "past_key_values"
         self.cache: dict[Query, float] = {}
         self.forward_passes = 0
         self.forward_tokens = 0
@@ -166,8 +183,8 @@ class ProbabilityScorer:
 
                 hooks.forward_pre_hook(head, select_read_positions)
             answers: dict[tuple[int, int, int], float] = {}
-            for batch in self._batches(rows):
-                answers.update(self._run_batch(batch, selection, head_hooked=isinstance(head, torch.nn.Module)))
+            for batch, shared in self._batches(rows):
+                answers.update(self._run_batch(batch, shared, selection, isinstance(head, torch.nn.Module)))
         for query, (row_index, position) in zip(missing, owners, strict=True):
             self.cache[query] = answers[(row_index, position, query.target)]
 
@@ -232,29 +249,67 @@ class ProbabilityScorer:
             return _Row("tokens", query.decoder_ids, query.encoder_ids, None, 0)
         return _Row("embeddings", query.decoder_ids, query.encoder_ids, query.keep, query.noise_seed)
 
-    def _batches(self, rows: list[_Row]) -> Iterable[list[tuple[int, _Row]]]:
-        """Rows of one kind sorted by length (less padding), cut into batches of at most ``batch_tokens``."""
+    def _batches(self, rows: list[_Row]) -> Iterable[tuple[list[tuple[int, _Row]], int]]:
+        """``(batch, shared)``: batches of ``(row index, row)`` and how many leading tokens they share (0: none)."""
+        items = list(enumerate(rows))
+        if self.min_shared_prefix is not None and not self.is_encoder_decoder:
+            yield from self._shared_prefix_batches([item for item in items if item[1].kind == "tokens"])
+            items = [item for item in items if item[1].kind != "tokens"]
         for kind in ("tokens", "embeddings"):
-            ordered = sorted(
-                ((index, row) for index, row in enumerate(rows) if row.kind == kind), key=lambda item: -item[1].length
-            )
+            ordered = sorted((item for item in items if item[1].kind == kind), key=lambda item: -item[1].length)
             batch: list[tuple[int, _Row]] = []
-            for item in ordered:
-                longest = max([item[1].length] + [row.length for _, row in batch])
-                if batch and longest * (len(batch) + 1) > self.batch_tokens:
-                    yield batch
+            for item in ordered:  # longest first: the first row sets the padded length
+                padded = max(row.length for _, row in [*batch, item]) * (len(batch) + 1)
+                real = item[1].length + sum(row.length for _, row in batch)
+                if batch and (padded > self.batch_tokens or padded - real > MAX_PADDING_SHARE * padded):
+                    yield batch, 0
                     batch = []
                 batch.append(item)
             if batch:
-                yield batch
+                yield batch, 0
+
+    def _shared_prefix_batches(self, items: list[tuple[int, _Row]]) -> Iterable[tuple[list[tuple[int, _Row]], int]]:
+        """Decoder-only token rows in lexicographic order, grouped greedily so that a batch's common beginning,
+        computed once, saves more than the batch loses to padding; ``batch_tokens`` bounds the padded rest."""
+        minimum = self.min_shared_prefix or 0
+
+        def cost(batch: list[tuple[int, _Row]], shared: int) -> int:
+            if len(batch) < 2 or shared < minimum:
+                return len(batch) * max(row.length for _, row in batch)
+            return shared + len(batch) * max(row.length - shared for _, row in batch)
+
+        batch: list[tuple[int, _Row]] = []
+        shared = 0
+        for item in sorted(items, key=lambda item: item[1].decoder_ids):
+            row = item[1]
+            limit = min(row.reads)  # positions read must be computed in the row's own part
+            if not batch:
+                batch, shared = [item], limit
+                continue
+            candidate = min(shared, limit, _common_prefix_length(batch[-1][1].decoder_ids, row.decoder_ids))
+            longest_rest = max(r.length - candidate for _, r in [*batch, item])
+            fits = (len(batch) + 1) * longest_rest <= self.batch_tokens
+            if fits and cost([*batch, item], candidate) <= cost(batch, shared) + row.length:
+                batch.append(item)
+                shared = candidate
+            else:
+                yield batch, (shared if len(batch) > 1 and shared >= minimum else 0)
+                batch, shared = [item], limit
+        if batch:
+            yield batch, (shared if len(batch) > 1 and shared >= minimum else 0)
 
     # ------------------------------------------------------------------------------------------------------------
     # Forward passes
     # ------------------------------------------------------------------------------------------------------------
 
     def _run_batch(
-        self, batch: list[tuple[int, _Row]], selection: dict[str, torch.Tensor], head_hooked: bool
+        self,
+        batch: list[tuple[int, _Row]],
+        shared: int,
+        selection: dict[str, torch.Tensor],
+        head_hooked: bool,
     ) -> dict[tuple[int, int, int], float]:
+        """Forward pass(es) of one batch; ``shared`` leading tokens common to its rows run once first."""
         device = self.model.device
         rows = [row for _, row in batch]
         read_rows, read_positions = [], []
@@ -262,12 +317,28 @@ class ProbabilityScorer:
             for position in sorted(row.reads):
                 read_rows.append(batch_index)
                 read_positions.append(position)
+        extra: dict[str, Any] = {"use_cache": False}
+        if shared:
+            # The common beginning once, keeping its key/value cache (the head reads one position, unused).
+            selection["rows"] = torch.tensor([0], device=device)
+            selection["positions"] = torch.tensor([shared - 1], device=device)
+            prefix = torch.tensor([rows[0].decoder_ids[:shared]], dtype=torch.long, device=device)
+            output = self.model(input_ids=prefix, use_cache=True)
+            cache = output["cache"] if "cache" in output else output["past_key_values"]  # renamed in transformers 5.2x
+            cache.batch_repeat_interleave(len(rows))
+            extra = {self._cache_argument: cache, "use_cache": True}
+            self.forward_passes += 1
+            self.forward_tokens += shared
         selection["rows"] = torch.tensor(read_rows, device=device)
-        selection["positions"] = torch.tensor(read_positions, device=device)
-        inputs = self._model_inputs(rows, device)
-        logits = self.model(**inputs, use_cache=False).logits
+        selection["positions"] = torch.tensor(read_positions, device=device) - shared
+        if shared:
+            tails = _right_padded_ids([row.decoder_ids[shared:] for row in rows], pad=None, device=device)
+            inputs = {"input_ids": tails}
+        else:
+            inputs = self._model_inputs(rows, device)
+        logits = self.model(**inputs, **extra).logits
         self.forward_passes += 1
-        self.forward_tokens += sum(row.length for row in rows)
+        self.forward_tokens += sum(row.length for row in rows) - shared * len(rows)
         if head_hooked:
             logits = logits.reshape(len(read_rows), -1)
         else:  # no separate head module: full logits, read here
@@ -327,6 +398,15 @@ def bernoulli_keep_mask(keep: Sequence[float], hidden_size: int, noise_seed: int
     generator = torch.Generator().manual_seed(noise_seed)
     uniform = torch.rand(len(keep), hidden_size, generator=generator)
     return (uniform < keep_tensor).float()
+
+
+def _common_prefix_length(first: tuple[int, ...], second: tuple[int, ...]) -> int:
+    length = 0
+    for a, b in zip(first, second, strict=False):
+        if a != b:
+            break
+        length += 1
+    return length
 
 
 def _right_padded_ids(sequences: list[tuple[int, ...]], pad: int | None, device: torch.device) -> torch.Tensor:
