@@ -19,7 +19,7 @@ from inseq.data import FeatureAttributionOutput
 from .evaluate import evaluate_faithfulness
 from .metrics import COMPREHENSIVENESS, HIGHER_IS_BETTER, LABELS
 from .result import FaithfulnessResult
-from .scorer import ProbabilityScorer
+from .scorer import DEFAULT_BATCH_TOKENS, ProbabilityScorer
 from .statistics import Estimate, bootstrap_estimate, paired_differences
 
 RANDOM_ROW = "random baseline"
@@ -163,12 +163,9 @@ def compare_methods(
         title: Shown above the table.
         **evaluate_kwargs: Passed to :func:`~inseq_ext.evaluation.evaluate_faithfulness` (metrics, ks, ...).
     """
-    scorer = scorer or ProbabilityScorer(
-        attribution_model.model,
-        **(
-            {"batch_tokens": evaluate_kwargs.pop("batch_tokens")} if "batch_tokens" in evaluate_kwargs else {}
-        ),  # fmt: skip
-    )
+    if scorer is None:
+        batch_tokens = evaluate_kwargs.pop("batch_tokens", DEFAULT_BATCH_TOKENS)
+        scorer = ProbabilityScorer(attribution_model.model, batch_tokens=batch_tokens)
     results = {
         method: evaluate_faithfulness(attribution_model, output, scorer=scorer, method=method, **evaluate_kwargs)
         for method, output in outputs.items()
