@@ -30,6 +30,8 @@ bench: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) benchmarks/bench_custom_saliency.py
 	HF_HUB_OFFLINE=1 $(PY) benchmarks/bench_block_gradient_x_input.py
 	HF_HUB_OFFLINE=1 $(PY) benchmarks/bench_rotary_attention.py
+	HF_HUB_OFFLINE=1 $(PY) benchmarks/bench_attnlrp.py
+	HF_HUB_OFFLINE=1 $(PY) benchmarks/bench_dataset.py
 
 docs: $(STAMP)
 	$(PY) -m mkdocs build --strict --site-dir out/site

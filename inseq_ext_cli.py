@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import json
 import sys
 import tempfile
 from collections.abc import Callable, Sequence
@@ -39,12 +40,20 @@ from typing import Any
 
 PROG = "inseq-ext"
 DEMO_PREFIX = "demo:"
+#: New tokens generated when neither ``--max-new-tokens`` nor the model's generation config says how many.
+DEFAULT_MAX_NEW_TOKENS = 20
 
 #: Embedded demo models (``inseq_ext.demo_models.DEMO_MODEL_NAMES``).
 DEMO_MODEL_NAMES = ("gpt2", "llama", "translation")
 #: This package's attribution methods, then inseq 0.7.1's built-ins: together, inseq's registry after
 #: ``import inseq_ext`` (``inseq.list_feature_attribution_methods()``).
-PACKAGE_METHODS = ("custom_saliency", "block_gradient_x_input", "rotary_attention")
+PACKAGE_METHODS = (
+    "custom_saliency",
+    "block_gradient_x_input",
+    "rotary_attention",
+    "attention_rollout",
+    "attnlrp",
+)
 INSEQ_METHODS = (
     "attention",
     "deeplift",
@@ -93,7 +102,9 @@ GROUND_TRUTH_METHODS = (
     "integrated_gradients",
     "attention",
     "rotary_attention",
+    "attention_rollout",
     "block_gradient_x_input",
+    "attnlrp",
     RANDOM_BASELINE,
 )
 
@@ -154,6 +165,32 @@ def attribution_method(name: str) -> str:
     return name
 
 
+def attribution_method_list(text: str) -> list[str]:
+    """One method or several, comma-separated (``custom_saliency,attention``): compared on the same generation."""
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    if not names:
+        raise argparse.ArgumentTypeError(f"no method named; choose from: {', '.join(sorted(ATTRIBUTION_METHODS))}")
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise argparse.ArgumentTypeError(f"{', '.join(repeated)} listed twice")
+    return [attribution_method(name) for name in names]
+
+
+class MethodsAction(argparse.Action):
+    """Stores ``--method a,b``: ``args.method`` is the first method, ``args.methods`` all of them.
+
+    (Parsed here rather than by ``type=``: argparse would also run ``type`` on the string default.)
+    """
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any, option=None):
+        try:
+            names = attribution_method_list(values)
+        except argparse.ArgumentTypeError as error:
+            raise argparse.ArgumentError(self, str(error)) from None
+        setattr(namespace, self.dest, names[0])
+        namespace.methods = names
+
+
 def ground_truth_method(name: str) -> str:
     return name if name == RANDOM_BASELINE else attribution_method(name)
 
@@ -170,14 +207,6 @@ def step_function_list(text: str) -> list[str]:
     if not names:
         raise argparse.ArgumentTypeError(f"no step function named; choose from: {', '.join(STEP_FUNCTIONS)}")
     return [step_function(name) for name in names]
-
-
-def attribution_method_list(text: str) -> list[str]:
-    """Comma-separated attribution methods: ``custom_saliency,saliency,attention``."""
-    names = [name.strip() for name in text.split(",") if name.strip()]
-    if not names:
-        raise argparse.ArgumentTypeError(f"no method named; choose from: {', '.join(sorted(ATTRIBUTION_METHODS))}")
-    return [attribution_method(name) for name in names]
 
 
 def metric_list(text: str) -> list[str]:
@@ -222,6 +251,55 @@ def non_negative_int(text: str) -> int:
     if value < 0:
         raise argparse.ArgumentTypeError(f"must be at least 0, got {value}")
     return value
+
+
+def model_reference(text: str) -> str:
+    """``demo:NAME``, a local model folder or a hub name; a missing folder or unknown demo model fails here.
+
+    A value that can only be a path (absolute, starting with ``.`` or ``~``, ending with ``/``, or with more than
+    one ``/``: hub names are ``name`` or ``owner/name``) must be an existing folder.
+    """
+    if text.startswith(DEMO_PREFIX):
+        if text[len(DEMO_PREFIX) :] not in DEMO_MODEL_NAMES:
+            choices = ", ".join(DEMO_PREFIX + name for name in DEMO_MODEL_NAMES)
+            raise argparse.ArgumentTypeError(f"unknown demo model {text!r}; choose one of: {choices}")
+        return text
+    path = Path(text).expanduser()
+    looks_like_path = text.startswith(("/", ".", "~")) or text.endswith(("/", "\\")) or text.count("/") > 1
+    if path.exists() and not path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text} is a file; give a model folder, a hub name or demo:NAME")
+    if looks_like_path and not path.exists():
+        raise argparse.ArgumentTypeError(f"no such folder: {text}")
+    return text
+
+
+def parse_value(text: str) -> Any:
+    """A command-line value as Python: JSON (``50``, ``0.5``, ``[1, 2]``, ``"text"``), ``true``/``false``/``none``
+    in any case, otherwise the text itself (``l1``)."""
+    lowered = text.strip().lower()
+    if lowered in ("true", "false"):
+        return lowered == "true"
+    if lowered in ("none", "null"):
+        return None
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+class MethodArgAction(argparse.Action):
+    """``--method-arg NAME=VALUE`` (repeatable) collected into a dict; a name given twice is an error."""
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        name, separator, raw = str(values).partition("=")
+        name = name.strip()
+        if not separator or not name.isidentifier():
+            parser.error(f"argument {option_string}: expected NAME=VALUE (e.g. norm=l1), got {values!r}")
+        collected = dict(getattr(namespace, self.dest) or {})
+        if name in collected:
+            parser.error(f"argument {option_string}: {name} given twice")
+        collected[name] = parse_value(raw)
+        setattr(namespace, self.dest, collected)
 
 
 def output_file(text: str) -> Path:
@@ -269,6 +347,8 @@ def add_attribute_command(commands: argparse._SubParsersAction) -> None:
         "--model",
         "-m",
         default=None,
+        type=model_reference,
+        metavar="MODEL",
         help=f"Hugging Face Hub name or local model folder, or an embedded demo model: {demo_models} "
         f"(default: {DEMO_PREFIX}gpt2)",
     )
@@ -276,17 +356,30 @@ def add_attribute_command(commands: argparse._SubParsersAction) -> None:
         "--method",
         "-a",
         default=DEFAULT_METHOD,
-        type=attribution_method,
-        metavar="NAME",
+        action=MethodsAction,
+        metavar="NAME[,NAME...]",
         help=f"attribution method (default: {DEFAULT_METHOD}); this package: {', '.join(PACKAGE_METHODS)}; "
-        f"inseq: {', '.join(INSEQ_METHODS)}",
+        f"inseq: {', '.join(INSEQ_METHODS)}. Several, comma-separated (e.g. custom_saliency,attention), are "
+        "compared on the same generation in one --html explorer",
     )
     attribute.add_argument(
         "--max-new-tokens",
         type=positive_int,
-        default=8,
+        default=None,
         metavar="N",
-        help="tokens to generate at most, greedily (default: %(default)s)",
+        help="tokens to generate at most, greedily; generation also stops at the end-of-text token (default: the "
+        f"model's generation config, max_new_tokens or max_length, else {DEFAULT_MAX_NEW_TOKENS}; never past the "
+        "model's positions)",
+    )
+    attribute.add_argument(
+        "--method-arg",
+        dest="method_args",
+        action=MethodArgAction,
+        default={},
+        metavar="NAME=VALUE",
+        help="an option of the method, repeatable: e.g. --method-arg norm=l1 --method-arg normalize=none "
+        "(custom_saliency), --method-arg n_steps=50 (integrated_gradients); values are read as JSON (numbers, "
+        "true/false, none, lists), else as text; unknown names are an error that lists the valid ones",
     )
     attribute.add_argument(
         "--attributed-fn",
@@ -457,6 +550,130 @@ def add_evaluate_demos_command(commands: argparse._SubParsersAction) -> None:
     demos.set_defaults(handler="inseq_ext.evaluation.cli_evaluate:run_evaluate_demos")
 
 
+def add_attribute_dataset_command(commands: argparse._SubParsersAction) -> None:
+    """``attribute-dataset``: handler and options in :mod:`inseq_ext.dataset_runs` (``attribute_dataset``)."""
+    run = commands.add_parser(
+        "attribute-dataset",
+        help="attribute every prompt of a data set into resumable Parquet shards (several processes with "
+        "accelerate launch)",
+        description="Attribute every prompt of DATA (JSON Lines, CSV, TSV, Parquet, or a local Hugging Face "
+        "datasets folder) into OUT: one row per generated token, in Parquet shards written whole or not at all. "
+        "Rerun the same command after an interruption to resume; a different command on an existing OUT is "
+        "refused. Under `accelerate launch --num_processes N` (on CPUs add --multi_gpu) or torchrun, each process "
+        "attributes its share of the shards.",
+    )
+    run.add_argument("data", metavar="DATA", help="JSONL/CSV/TSV/Parquet file or a datasets folder (save_to_disk)")
+    run.add_argument("--out", "-o", required=True, metavar="DIR", help="output folder (created; rerun to resume)")
+    demo_models = ", ".join(DEMO_PREFIX + name for name in DEMO_MODEL_NAMES)
+    run.add_argument(
+        "--model",
+        "-m",
+        default=None,
+        type=model_reference,
+        help=f"Hugging Face Hub name, local model folder, or {demo_models} (default: {DEMO_PREFIX}gpt2)",
+    )
+    run.add_argument(
+        "--method",
+        "-a",
+        default=DEFAULT_METHOD,
+        type=attribution_method,
+        metavar="NAME",
+        help=f"attribution method (default: {DEFAULT_METHOD}); same names as for attribute",
+    )
+    run.add_argument("--prompt-column", default="prompt", metavar="NAME", help="prompts (default: %(default)s)")
+    run.add_argument(
+        "--target-column",
+        default=None,
+        metavar="NAME",
+        help="forced continuations, the text after the prompt (default: generate)",
+    )
+    run.add_argument("--id-column", default=None, metavar="NAME", help="example ids (default: the row number)")
+    run.add_argument("--limit", type=positive_int, default=None, metavar="N", help="only the first N rows")
+    run.add_argument("--split", default=None, help="split of a datasets folder that has several")
+    run.add_argument(
+        "--max-new-tokens",
+        type=positive_int,
+        default=8,
+        metavar="N",
+        help="tokens to generate at most per prompt, greedily (default: %(default)s)",
+    )
+    run.add_argument(
+        "--generation-arg",
+        dest="generation_args",
+        action=MethodArgAction,
+        default={},
+        metavar="NAME=VALUE",
+        help="a generate() argument, repeatable, e.g. --generation-arg do_sample=true (sampling is seeded per batch)",
+    )
+    run.add_argument(
+        "--method-arg",
+        dest="method_args",
+        action=MethodArgAction,
+        default={},
+        metavar="NAME=VALUE",
+        help="an option of the method, repeatable, e.g. --method-arg n_steps=20 (integrated_gradients); values as "
+        "for attribute; unknown names are an error that lists the valid ones",
+    )
+    run.add_argument(
+        "--step-scores",
+        action="extend",
+        default=None,
+        type=step_function_list,
+        metavar="NAME[,NAME...]",
+        help="step scores stored per generated token (default: probability, none for attention methods)",
+    )
+    run.add_argument("--no-step-scores", action="store_true", help="store no step scores")
+    run.add_argument(
+        "--attributed-fn", default=None, type=step_function, metavar="NAME", help="step function to attribute"
+    )
+    run.add_argument("--attribute-target", action="store_true", help="encoder-decoders: attribute the target too")
+    run.add_argument(
+        "--batch-size",
+        type=positive_int,
+        default=8,
+        metavar="N",
+        help="prompts generated and attributed together, of similar lengths (default: %(default)s)",
+    )
+    run.add_argument(
+        "--shard-size",
+        type=positive_int,
+        default=32,
+        metavar="N",
+        help="examples per output file, the most an interruption loses (default: %(default)s)",
+    )
+    run.add_argument(
+        "--raw-scores",
+        choices=("auto", "always", "never"),
+        default="auto",
+        help="keep the scores before aggregation (auto: for layer/head outputs; default: %(default)s)",
+    )
+    run.add_argument("--seed", type=int, default=0, help="seed of sampling and stochastic methods (default: 0)")
+    run.add_argument("--device", default=None, help="e.g. cpu or cuda (default: inseq's; one GPU per process)")
+    run.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    run.set_defaults(handler="inseq_ext.dataset_runs.command:run_attribute_dataset")
+
+
+def add_summarize_command(commands: argparse._SubParsersAction) -> None:
+    summarize = commands.add_parser(
+        "summarize",
+        help="statistics of attribute-dataset runs: examples, tokens, attribution mass on the prompt, most "
+        "attributed tokens, faithfulness",
+    )
+    summarize.add_argument("runs", nargs="+", metavar="DIR", help="output folders of attribute-dataset runs")
+    summarize.add_argument(
+        "--top", type=positive_int, default=10, metavar="N", help="most attributed tokens to list (default: 10)"
+    )
+    summarize.add_argument(
+        "--evaluate",
+        type=positive_int,
+        default=None,
+        metavar="N",
+        help="also evaluate the faithfulness of the first N examples of each run (reruns the model)",
+    )
+    summarize.add_argument("--json", type=output_file, metavar="FILE", help="also write the statistics as JSON")
+    summarize.set_defaults(handler="inseq_ext.dataset_runs.command:run_summarize")
+
+
 def add_demo_model_command(commands: argparse._SubParsersAction) -> None:
     demo = commands.add_parser("demo-model", help="print the local folder of an embedded demo model")
     demo.add_argument("name", nargs="?", default="gpt2", help=f"one of: {', '.join(DEMO_MODEL_NAMES)}")
@@ -479,6 +696,8 @@ COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     add_ground_truth_command,
     add_evaluate_command,
     add_evaluate_demos_command,
+    add_attribute_dataset_command,
+    add_summarize_command,
     add_demo_model_command,
     add_inseq_command,
 ]

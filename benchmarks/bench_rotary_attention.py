@@ -1,5 +1,8 @@
 """Benchmark: inseq ``attention`` (eager model) vs ``rotary_attention`` (SDPA model): time and peak memory.
 
+``--methods rotary_attention attention_rollout`` also measures ``attention_rollout`` (SDPA model) against the same
+inseq ``attention`` run, to show what rolling the attention out through the layers costs on top.
+
 Llama architecture, 8 layers, 512 hidden units, grouped-query attention (8 query heads, 2 key/value heads), a
 32,000-token vocabulary like Llama's, random weights from a config (speed and memory do not depend on the weights).
 Both methods attribute the same 32 forced new tokens after a 100-token and a 2,000-token prompt, in one process,
@@ -20,6 +23,7 @@ means ours is faster or lighter) and the largest difference between the two meth
 ratio >= 1 at 100 tokens; time and memory ratios > 1 at 2,000 tokens.
 
 Usage: python benchmarks/bench_rotary_attention.py [--prompt-tokens 100 2000] [--new-tokens 32]
+       [--methods rotary_attention attention_rollout]
 """
 
 from __future__ import annotations
@@ -36,7 +40,7 @@ import inseq
 import torch
 from bench_custom_saliency import make_texts
 
-import inseq_ext  # noqa: F401  (registers rotary_attention)
+import inseq_ext  # noqa: F401  (registers rotary_attention and attention_rollout)
 from inseq_ext.tiny_models import build_model, build_tokenizer
 
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
@@ -102,6 +106,9 @@ def main() -> None:
     parser.add_argument("--new-tokens", type=int, default=32)
     parser.add_argument("--vocab", type=int, default=32000)
     parser.add_argument(
+        "--methods", nargs="+", default=["rotary_attention"], choices=["rotary_attention", "attention_rollout"]
+    )
+    parser.add_argument(
         "--short-repeats", type=int, default=3, help="runs per method (best time) for prompts <= 500 tokens; else 1"
     )
     args = parser.parse_args()
@@ -115,7 +122,8 @@ def main() -> None:
     theirs = inseq.load_model(eager_model, "attention", tokenizer=tokenizer)
     # Warm-up at the first size: the first call at a new shape pays one-off costs (kernel selection, allocator).
     warm_prompt, warm_full = make_texts(tokenizer, args.prompt_tokens[0], args.new_tokens)
-    ours.attribute(warm_prompt, warm_full, show_progress=False)
+    for method in args.methods:
+        ours.attribute(warm_prompt, warm_full, method=method, show_progress=False)
     theirs.attribute(warm_prompt, warm_full, show_progress=False)
     print(
         f"model: Llama, {size['layers']} layers x {size['hidden']} hidden, {size['heads']} query heads / "
@@ -126,21 +134,29 @@ def main() -> None:
     for prompt_tokens in args.prompt_tokens:
         prompt, full = make_texts(tokenizer, prompt_tokens, args.new_tokens)
         repeats = args.short_repeats if prompt_tokens <= 500 else 1
-        t_ours = t_inseq = c_ours = c_inseq = float("inf")
-        m_ours = m_inseq = 0.0
-        for _ in range(repeats):  # alternated, so that a busy moment of the machine hits both methods alike
-            elapsed, cpu, memory, s_ours = measured_run(ours, prompt, full, "rotary_attention")
-            t_ours, c_ours, m_ours = min(t_ours, elapsed), min(c_ours, cpu), max(m_ours, memory)
-            elapsed, cpu, memory, s_inseq = measured_run(theirs, prompt, full, "attention")
-            t_inseq, c_inseq, m_inseq = min(t_inseq, elapsed), min(c_inseq, cpu), max(m_inseq, memory)
-        difference = (s_ours - s_inseq).nan_to_num().abs().max().item()
-        print(f"\nprompt {len(tokenizer(prompt).input_ids)} tokens, scores {tuple(s_ours.shape)}:")
-        print(f"  inseq attention (eager):     {t_inseq:8.3f} s wall {c_inseq:8.3f} s CPU  peak +{m_inseq:8.1f} MiB")
-        print(f"  inseq_ext rotary_attention:  {t_ours:8.3f} s wall {c_ours:8.3f} s CPU  peak +{m_ours:8.1f} MiB")
-        print(
-            f"  ratios inseq / ours: time {t_inseq / t_ours:.2f}x (CPU {c_inseq / c_ours:.2f}x), "
-            f"peak memory {m_inseq / max(m_ours, 1e-9):.2f}x; max abs score difference {difference:.2e}"
-        )
+        times = {method: float("inf") for method in ["attention", *args.methods]}
+        cpus, peaks, scores = dict(times), dict.fromkeys(times, 0.0), {}
+        for _ in range(repeats):  # alternated, so that a busy moment of the machine hits the methods alike
+            for method in times:
+                model = theirs if method == "attention" else ours
+                elapsed, cpu, memory, scores[method] = measured_run(model, prompt, full, method)
+                times[method], cpus[method] = min(times[method], elapsed), min(cpus[method], cpu)
+                peaks[method] = max(peaks[method], memory)
+        print(f"\nprompt {len(tokenizer(prompt).input_ids)} tokens, scores {tuple(scores['attention'].shape)}:")
+        for method in times:
+            label = "inseq attention (eager)" if method == "attention" else f"inseq_ext {method}"
+            print(f"  {label + ':':31}{times[method]:8.3f} s wall {cpus[method]:8.3f} s CPU  "
+                  f"peak +{peaks[method]:8.1f} MiB")  # fmt: skip
+        for method in args.methods:
+            line = (
+                f"  ratios inseq attention / {method}: time {times['attention'] / times[method]:.2f}x "
+                f"(CPU {cpus['attention'] / cpus[method]:.2f}x), "
+                f"peak memory {peaks['attention'] / max(peaks[method], 1e-9):.2f}x"
+            )
+            if method == "rotary_attention":
+                difference = (scores[method] - scores["attention"]).nan_to_num().abs().max().item()
+                line += f"; max abs score difference {difference:.2e}"
+            print(line)
 
 
 if __name__ == "__main__":

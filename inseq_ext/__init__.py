@@ -9,6 +9,8 @@ Llama's, and a length check before generating) for every inseq method.
 """
 
 from .attr import (
+    AttentionRolloutAttribution,
+    AttnLrpAttribution,
     BlockGradientXInputAttribution,
     CustomSaliencyAttribution,
     RotaryAttentionAttribution,
@@ -17,12 +19,13 @@ from .attr import (
     normalized_saliency,
 )
 from .chat import attribute_chat
+from .dataset_runs import attribute_dataset, load_dataset_attributions
 from .demo_models import DEMO_MODEL_NAMES, demo_model
 from .generation_length import check_generation_length, context_limit
 from .inseq_compat import install_inseq_compat
 from .moved_modules import install_moved_module_finder
 from .step_functions import register_step_functions
-from .views import aggregate_granularity, score_of, span_attribution, write_explorer
+from .views import aggregate_granularity, explore, score_of, span_attribution, write_explorer
 
 register_step_functions()
 install_moved_module_finder()
@@ -31,17 +34,22 @@ install_inseq_compat()
 __version__ = "0.1.0"
 
 __all__ = [
+    "AttentionRolloutAttribution",
     "DEMO_MODEL_NAMES",
+    "AttnLrpAttribution",
     "BlockGradientXInputAttribution",
     "CustomSaliencyAttribution",
     "RotaryAttentionAttribution",
     "SaliencyOptions",
     "aggregate_granularity",
     "attribute_chat",
+    "attribute_dataset",
     "capture_queries_keys",
     "check_generation_length",
     "context_limit",
     "demo_model",
+    "explore",
+    "load_dataset_attributions",
     "normalized_saliency",
     "score_of",
     "span_attribution",

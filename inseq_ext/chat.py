@@ -404,15 +404,23 @@ def chat_message_scores(
     return _unit_scores(seq, tokenizer, [span.role for span in spans], token_spans, select, aggregate_fn)
 
 
-def data_block_lines(content: str, marker: str = "[DATA]") -> list[tuple[int, int]]:
-    """Character spans (blanks trimmed) of the non-blank lines of the first ``marker`` block of ``content``.
+#: How the entries of a ``[DATA]`` block are separated: one per line, or one per sentence (ending with ``.``),
+#: for blocks written on one line (``[DATA] library 9 to 13. email 8 to 20. [/DATA]``).
+DATA_ENTRY_PATTERNS = {"lines": r"[^\n]+", "sentences": r"[^.\n]+\.?"}
+
+
+def data_block_lines(content: str, marker: str = "[DATA]", entries: str = "lines") -> list[tuple[int, int]]:
+    """Character spans (blanks trimmed) of the non-blank entries of the first ``marker`` block of ``content``.
 
     The block starts right after the marker and ends at the closing marker (``[/DATA]`` for ``[DATA]``), else at
-    the first blank line after some data, else at the end of the content.
+    the first blank line after some data, else at the end of the content. ``entries="lines"`` (default): one entry
+    per line; ``"sentences"``: one per sentence ending with a full stop (a number like ``9.30`` would split).
 
     Raises:
-        ValueError: When ``content`` has no such block or the block has no lines.
+        ValueError: When ``content`` has no such block, the block has no entries, or ``entries`` is unknown.
     """
+    if entries not in DATA_ENTRY_PATTERNS:
+        raise ValueError(f"Unknown entries {entries!r}; choose one of: {', '.join(DATA_ENTRY_PATTERNS)}.")
     at = content.find(marker)
     if at < 0:
         raise ValueError(f"No {marker} block in this content.")
@@ -423,7 +431,7 @@ def data_block_lines(content: str, marker: str = "[DATA]") -> list[tuple[int, in
         blank = re.compile(r"\S[^\n]*\n[ \t]*\n").search(content, start)  # a blank line after some data
         end = blank.end() if blank else len(content)
     lines = []
-    for line in re.finditer(r"[^\n]+", content[start:end]):
+    for line in re.finditer(DATA_ENTRY_PATTERNS[entries], content[start:end]):
         stripped = line.group().strip()
         if stripped:
             first = start + line.start() + line.group().index(stripped)
@@ -444,6 +452,7 @@ def data_block_scores(
     aggregate_fn: str = "nansum",
     add_generation_prompt: bool = True,
     chat_template_kwargs: Mapping[str, Any] | None = None,
+    entries: str = "lines",
 ) -> ChatUnitScores:
     """Scores per line of the ``[DATA]`` block of a chat prompt (e.g. one line per opening-hours entry).
 
@@ -462,6 +471,7 @@ def data_block_scores(
         aggregate_fn: How a line's tokens merge: ``"nansum"`` (default), ``"nanmean"``, or an inseq function.
         add_generation_prompt: As given to :func:`attribute_chat`.
         chat_template_kwargs: As given to :func:`attribute_chat`.
+        entries: ``"lines"`` (default) or ``"sentences"``, see :func:`data_block_lines`.
 
     Raises:
         ValueError: When no (chosen) message contains the block, or as :func:`chat_message_scores`.
@@ -482,7 +492,7 @@ def data_block_scores(
     if holder is None:
         where = "the conversation" if message is None else f"message {message!r}"
         raise ValueError(f"No {marker} block in {where}; write the data lines after a {marker!r} line.")
-    lines = data_block_lines(holder.text, marker)
+    lines = data_block_lines(holder.text, marker, entries)
     hf_tokenizer = getattr(tokenizer, "tokenizer", tokenizer)
     prompt = render_chat(hf_tokenizer, messages, add_generation_prompt, **(chat_template_kwargs or {}))
     texts, shift = _prompt_token_texts(hf_tokenizer, prompt)

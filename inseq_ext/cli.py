@@ -16,27 +16,34 @@ anything is computed where possible. Output files are written whole or not at al
 from __future__ import annotations
 
 import argparse
+import copy
+import io
 import json
 import logging
 import math
 import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, redirect_stdout
 from pathlib import Path
 from typing import Any
 
 import inseq
 import torch
+from transformers.utils import logging as transformers_logging
 
 import inseq_ext  # noqa: F401  (registers this package's methods and step functions in inseq)
 import inseq_ext_cli
 from inseq_ext_cli import DEMO_PREFIX, PROG, CLIError, main
 
+from .attr.method_args import check_attribution_kwargs
 from .demo_models import DEMO_MODEL_NAMES, ENCODER_DECODER_DEMO_MODEL_NAMES, demo_model
 from .evaluation.ground_truth import EAGER_ATTENTION_METHODS
 from .files import atomic_output
+from .generation_length import check_generation_length, context_limit
 from .views.explorer import write_explorer
+from .views.heatmap import show_heatmap
+from .vocabulary import lowercase_vocabulary, unknown_words
 
 __all__ = ["CLIError", "main", "run_attribute", "run_demo_model", "run_ground_truth", "run_inseq", "write_output"]
 
@@ -72,23 +79,63 @@ def resolve_model(name_or_path: str | None) -> tuple[str, str]:
     return name_or_path, name_or_path
 
 
-def load_attribution_model(name_or_path: str, label: str, method: str) -> inseq.models.AttributionModel:
-    """``inseq.load_model``, with loading failures turned into one message that says how to proceed."""
-    model_kwargs = {"attn_implementation": "eager"} if method in EAGER_ATTENTION_METHODS else {}
+@contextmanager
+def loading_quietly() -> Iterator[None]:
+    """transformers' "Loading weights" progress bar off while a model loads (restored afterwards)."""
+    was_enabled = transformers_logging.is_progress_bar_enabled()
+    transformers_logging.disable_progress_bar()
     try:
-        return inseq.load_model(name_or_path, method, model_kwargs=model_kwargs)
+        yield
+    finally:
+        if was_enabled:
+            transformers_logging.enable_progress_bar()
+
+
+def load_attribution_model(
+    name_or_path: str, label: str, methods: str | Sequence[str]
+) -> inseq.models.AttributionModel:
+    """``inseq.load_model`` in two steps, so that a failure is blamed on what caused it.
+
+    The model is loaded with inseq's no-op ``dummy`` method first (a failure there is the model's: missing
+    folder, not cached, not a model), then each requested method is set (a failure there is the method's: e.g. a
+    decoder-only method on an encoder-decoder model), whatever the method; the first one stays the default.
+    Attention is eager when one of the methods reads attention weights (:data:`EAGER_ATTENTION_METHODS`).
+    """
+    methods = [methods] if isinstance(methods, str) else list(methods)
+    eager = any(method in EAGER_ATTENTION_METHODS for method in methods)
+    model_kwargs = {"attn_implementation": "eager"} if eager else {}
+    try:
+        with loading_quietly():
+            attribution_model = inseq.load_model(name_or_path, "dummy", model_kwargs=model_kwargs)
     except (OSError, ValueError) as error:
         raise CLIError(model_load_message(name_or_path, label, error)) from None
+    for method in reversed(methods):  # the first method is set last: the default
+        try:
+            attribution_model.get_attribution_method(method, override_default_attribution=True)
+        except (ValueError, TypeError, NotImplementedError) as error:
+            raise CLIError(
+                f"the method {method!r} cannot attribute {label}: {first_line(error)} Choose another --method."
+            ) from None
+    return attribution_model
+
+
+def first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
 
 
 def model_load_message(name_or_path: str, label: str, error: BaseException) -> str:
     """Why a model could not be loaded, and what to do instead."""
-    detail = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    detail = first_line(error)
     demo_hint = (
         f"leave out --model to use the embedded demo model ({', '.join(DEMO_PREFIX + n for n in DEMO_MODEL_NAMES)})"
     )
     if Path(name_or_path).exists():
         return f"could not load a model from the local folder {name_or_path} ({detail}); {demo_hint}"
+    try:
+        inseq_ext_cli.model_reference(name_or_path)
+    except argparse.ArgumentTypeError as path_error:  # a path that does not exist, not a hub name
+        return f"{path_error}; {demo_hint}"
     offline = os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
     reason = (
         "offline mode is on (HF_HUB_OFFLINE=1) and it is not in the local cache"
@@ -97,21 +144,105 @@ def model_load_message(name_or_path: str, label: str, error: BaseException) -> s
         "model: check the spelling)"
     )
     return (
-        f"could not load model {label!r}: {reason}. Pass a local model folder with --model PATH, or {demo_hint}. "
-        f"[{detail}]"
+        f"could not load model {label!r}: {reason}; there is no local folder of that name either. Pass a local "
+        f"model folder with --model PATH, or {demo_hint}. [{detail}]"
     )
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Prompt and generation
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def prepare_prompt(attribution_model: inseq.models.AttributionModel, prompt: str) -> str:
+    """The prompt as the model should read it: lowercased for a lowercase vocabulary; unknown words warned about.
+
+    A word the tokenizer cannot represent becomes ``<unk>`` and the output degenerates without any error, so the
+    words are named on stderr (the run continues: the attribution of what the model made of it is still valid).
+    """
+    tokenizer = attribution_model.tokenizer
+    if prompt != prompt.lower() and lowercase_vocabulary(tokenizer):
+        prompt = prompt.lower()
+        warn(f"the model's vocabulary is lowercase; the prompt is lowercased to {prompt!r}")
+    unknown = unknown_words(tokenizer, prompt)
+    if unknown:
+        words = "words of the prompt are" if len(unknown) > 1 else "word of the prompt is"
+        warn(
+            f"{len(unknown)} {words} not in the model's vocabulary and read as {tokenizer.unk_token}: "
+            f"{', '.join(map(repr, unknown))}; the generation is unreliable"
+        )
+    return prompt
+
+
+def warn(message: str) -> None:
+    print(f"{PROG}: warning: {message}", file=sys.stderr, flush=True)
+
+
+def decoder_input_length(attribution_model: inseq.models.AttributionModel, prompt: str) -> int:
+    """Tokens the decoder starts from: the prompt (decoder-only) or the decoder start token (encoder-decoder)."""
+    if attribution_model.is_encoder_decoder:
+        return 1
+    return len(attribution_model.tokenizer(prompt)["input_ids"])
+
+
+def new_token_room(attribution_model: inseq.models.AttributionModel, prompt: str) -> int | None:
+    """How many new tokens fit after ``prompt`` within the model's limit
+    (:func:`~inseq_ext.generation_length.context_limit`); ``None`` when the model states no limit."""
+    limit = context_limit(attribution_model).tokens
+    return None if limit is None else limit - decoder_input_length(attribution_model, prompt)
+
+
+def resolve_max_new_tokens(
+    attribution_model: inseq.models.AttributionModel, prompt: str, requested: int | None
+) -> int:
+    """How many tokens to generate at most.
+
+    ``requested`` (``--max-new-tokens``) when given (checked afterwards by
+    :func:`~inseq_ext.generation_length.check_generation_length`); otherwise the model's generation config
+    (``max_new_tokens``, else ``max_length`` less the decoder's starting length), else
+    :data:`inseq_ext_cli.DEFAULT_MAX_NEW_TOKENS`, shortened to what fits in the model's limit.
+    """
+    if requested is not None:
+        return requested
+    config = attribution_model.model.generation_config
+    if config.max_new_tokens is not None:
+        default = config.max_new_tokens
+    elif config.max_length is not None:
+        default = max(1, config.max_length - decoder_input_length(attribution_model, prompt))
+    else:
+        default = inseq_ext_cli.DEFAULT_MAX_NEW_TOKENS
+    room = new_token_room(attribution_model, prompt)
+    return default if room is None or room < 1 else min(default, room)  # room < 1: the length check refuses it
+
+
+def check_length(attribution_model: inseq.models.AttributionModel, prompt: str, max_new_tokens: int) -> None:
+    """The prompt and its generation fit the model (one-line error otherwise, naming the largest count that fits)."""
+    try:
+        check_generation_length(attribution_model, prompt, max_new_tokens)
+    except ValueError as error:
+        room = new_token_room(attribution_model, prompt)
+        fits = room is not None and room > 0  # otherwise the prompt alone is too long
+        hint = f" At most {room} new tokens fit after this prompt: use --max-new-tokens {room} or less."
+        raise CLIError(f"{error}{hint if fits else ''}") from None
 
 
 def greedy_continuation(attribution_model: inseq.models.AttributionModel, prompt: str, max_new_tokens: int) -> str:
     """The greedy generation for ``prompt`` as text without special tokens (decoder-only: prompt included).
 
     inseq decodes a single generation with its special tokens, so a model that ends its text with ``</s>`` would
-    get an extra ``</s>`` step; generating here and passing the text as the forced target avoids that.
+    get an extra ``</s>`` step; generating here and passing the text as the forced target avoids that. The length
+    is passed as ``max_length`` (decoder start + new tokens) with the config's ``max_new_tokens`` cleared: passing
+    ``max_new_tokens`` to a model whose generation config sets ``max_length`` makes transformers warn that both
+    are set.
     """
     tokenizer, model = attribution_model.tokenizer, attribution_model.model
     encoding = tokenizer(prompt, return_tensors="pt").to(attribution_model.device)
+    generation_config = copy.deepcopy(model.generation_config)
+    generation_config.max_new_tokens = None
+    generation_config.max_length = decoder_input_length(attribution_model, prompt) + max_new_tokens
+    generation_config.do_sample = False
     with torch.no_grad():
-        sequences = model.generate(**encoding, max_new_tokens=max_new_tokens, do_sample=False)
+        sequences = model.generate(**encoding, generation_config=generation_config)
     text = tokenizer.decode(sequences[0], skip_special_tokens=True)
     new_text = text[len(prompt) :] if not attribution_model.is_encoder_decoder else text
     if not new_text.strip():
@@ -155,24 +286,48 @@ def heatmap_json(out: inseq.FeatureAttributionOutput, model_label: str, method: 
     return {"model": model_label, "method": method, "sequences": sequences}
 
 
+def missing_folders(path: Path) -> list[Path]:
+    """The folders above ``path`` that do not exist yet, outermost first."""
+    missing = []
+    folder = path.parent
+    while not folder.exists() and folder != folder.parent:
+        missing.append(folder)
+        folder = folder.parent
+    return missing[::-1]
+
+
+OUTPUT_KINDS = {
+    "--html": "Explorer",
+    "--heatmap-html": "HTML heatmap",
+    "--json": "JSON heatmap",
+    "--save": "inseq output",
+    "--markdown": "Table",
+}
+
+
 def write_output(path: Path, option: str, write: Callable[[Path], None], kind: str | None = None) -> None:
     """Run ``write`` on a temporary path renamed to ``path`` on success; an I/O failure becomes a :class:`CLIError`.
 
+    Missing parent folders are created (and said so); after a failure, the folders created for it are removed.
     ``kind`` names the file in the confirmation line (default: from the option).
     """
+    created = missing_folders(path)
     try:
         with atomic_output(path) as temporary:
             write(temporary)
     except OSError as error:
+        remove_empty_folders(created)
         raise CLIError(f"{option} {path}: cannot be written ({error.strerror or error})") from None
-    kinds = {
-        "--html": "Explorer",
-        "--heatmap-html": "HTML heatmap",
-        "--json": "JSON heatmap",
-        "--save": "inseq output",
-        "--markdown": "Table",
-    }
-    print(f"{kind or kinds.get(option, option)} written to {path}")
+    note = f" (created the folder {created[0]})" if created else ""
+    print(f"{kind or OUTPUT_KINDS.get(option, option)} written to {path}{note}")
+
+
+def remove_empty_folders(folders: Sequence[Path]) -> None:
+    for folder in reversed(folders):
+        try:
+            folder.rmdir()
+        except OSError:  # not empty (or already gone): keep it
+            continue
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -181,38 +336,75 @@ def write_output(path: Path, option: str, write: Callable[[Path], None], kind: s
 
 
 def run_attribute(args: argparse.Namespace) -> None:
-    """``inseq-ext attribute``: generate, attribute, show the heatmap, write the requested files."""
+    """``inseq-ext attribute``: generate, attribute, show the heatmap, write the requested files.
+
+    With several methods (``--method custom_saliency,attention``) the same generation is attributed by each, and
+    ``--html`` writes one explorer with a method switch; the other outputs hold one method's output and are refused.
+    """
     quiet_libraries()
+    methods = getattr(args, "methods", None) or [args.method]
     requested = (("--html", args.html), ("--heatmap-html", args.heatmap_html), ("--json", args.json),
                  ("--save", args.save))  # fmt: skip
     outputs = [(option, path) for option, path in requested if path is not None]
+    single_method_outputs = [option for option, _ in outputs if option != "--html"]
+    if len(methods) > 1 and single_method_outputs:
+        raise CLIError(
+            f"{', '.join(single_method_outputs)} hold(s) one method's output, but --method lists {len(methods)} "
+            f"({', '.join(methods)}): compare them with --html, or run once per method"
+        )
     name_or_path, label = resolve_model(args.model)
-    attribution_model = load_attribution_model(name_or_path, label, args.method)
-    from .generation_length import check_generation_length
-
-    try:  # before generating: a prompt over the model's length would fail deep inside the model
-        check_generation_length(attribution_model, args.prompt, args.max_new_tokens)
-    except ValueError as error:
-        raise CLIError(str(error)) from None
-    generated_text = greedy_continuation(attribution_model, args.prompt, args.max_new_tokens)
-    print(f"Model: {label} | method: {args.method} | generated: {generated_text!r}", flush=True)
-    attribute_kwargs: dict[str, Any] = {"step_scores": args.step_scores, "show_progress": not args.quiet}
+    # One model for all methods, with eager attention when one of them reads attention weights.
+    attribution_model = load_attribution_model(name_or_path, label, methods)
+    for method in methods:
+        attribution_model.get_attribution_method(method, override_default_attribution=True)
+        try:
+            check_attribution_kwargs(
+                attribution_model,
+                args.method_args,
+                args.attributed_fn,
+                step_scores_for(attribution_model, method, methods, args),
+            )
+        except ValueError as error:
+            raise CLIError(f"--method-arg: {first_line(error)}") from None
+    attribution_model.get_attribution_method(methods[0], override_default_attribution=True)
+    if args.step_scores and all(
+        attribution_model.get_attribution_method(method).is_final_step_method for method in methods
+    ):
+        raise CLIError(
+            f"--step-scores: {', '.join(methods)} compute(s) its scores once for the whole generation, so it gives "
+            "no step scores; leave out --step-scores or add a per-step method such as custom_saliency"
+        )
+    prompt = prepare_prompt(attribution_model, args.prompt)
+    max_new_tokens = resolve_max_new_tokens(attribution_model, prompt, args.max_new_tokens)
+    check_length(attribution_model, prompt, max_new_tokens)  # before generating: past the limit fails deep inside
+    generated_text = greedy_continuation(attribution_model, prompt, max_new_tokens)
+    print(f"Model: {label} | method: {', '.join(methods)} | generated: {generated_text!r}", flush=True)
+    attribute_kwargs: dict[str, Any] = {"show_progress": not args.quiet, **args.method_args}
     if args.attributed_fn is not None:
         attribute_kwargs["attributed_fn"] = args.attributed_fn
-    try:
-        out = attribution_model.attribute(args.prompt, generated_text, **attribute_kwargs)
-    except ValueError as error:
-        raise CLIError(f"attribution failed: {error}") from None
-    heatmap_html = out.show(display=not args.no_show, return_html=args.heatmap_html is not None)
+    results = {}
+    for method in methods:
+        step_scores = step_scores_for(attribution_model, method, methods, args)
+        try:
+            results[method] = attribution_model.attribute(
+                prompt, generated_text, method=method, step_scores=step_scores, **attribute_kwargs
+            )
+        except (ValueError, TypeError) as error:
+            which = f" ({method})" if len(methods) > 1 else ""
+            raise CLIError(f"attribution failed{which}: {first_line(error)}") from None
+    out = results[methods[0]]
+    for method, result in results.items():
+        if len(methods) > 1 and not args.no_show:
+            print(f"\n{method}:", flush=True)
+        # With --heatmap-html there is one method (checked above).
+        heatmap_html = show_heatmap(
+            result, attribution_model.tokenizer, display=not args.no_show, return_html=args.heatmap_html is not None
+        )
     for option, path in outputs:
         if option == "--html":
-            title = f"inseq_ext explorer: {args.method} on {label}"
+            shown = results if len(methods) > 1 else out  # several methods: one explorer with a method switch
             write_output(
-                path,
-                option,
-                lambda temporary, title=title: write_explorer(
-                    out, temporary, attribution_model.tokenizer, title=title
-                ),
+                path, option, lambda temporary, shown=shown: write_explorer(shown, temporary, attribution_model)
             )
         elif option == "--heatmap-html":
             write_output(path, option, lambda temporary: temporary.write_text(heatmap_html, encoding="utf-8"))
@@ -222,6 +414,23 @@ def run_attribute(args: argparse.Namespace) -> None:
         else:
             # inseq refuses to overwrite without overwrite=True; the temporary file already exists (empty).
             write_output(path, option, lambda temporary: out.save(temporary, overwrite=True))
+
+
+def step_scores_for(
+    attribution_model: inseq.models.AttributionModel, method: str, methods: Sequence[str], args: argparse.Namespace
+) -> list[str]:
+    """The step scores to compute with ``method``: all requested ones, except that when several methods run,
+    final-step methods (``attention``, ``rotary_attention``: inseq refuses step scores there) leave them to a
+    step-by-step method of the list; the explorer shows a generation's step scores whichever method computed them."""
+    if not args.step_scores or len(methods) == 1:
+        return args.step_scores
+
+    def final_step(name: str) -> bool:
+        return attribution_model.get_attribution_method(name).is_final_step_method
+
+    if final_step(method) and not all(final_step(other) for other in methods):
+        return []
+    return args.step_scores
 
 
 def run_ground_truth(args: argparse.Namespace) -> None:
@@ -237,10 +446,11 @@ def run_ground_truth(args: argparse.Namespace) -> None:
                 print(f"{name} {method}: skipped (a method for decoder-only models)", file=sys.stderr, flush=True)
                 continue
             try:
-                if name in ENCODER_DECODER_DEMO_MODEL_NAMES:  # alignment accuracy per target word; one task
-                    result = evaluate_translation([method], args.per_task, name)[0]
-                else:
-                    result = evaluate_model(name, [method], args.per_task)[0]
+                with loading_quietly():
+                    if name in ENCODER_DECODER_DEMO_MODEL_NAMES:  # alignment accuracy per target word; one task
+                        result = evaluate_translation([method], args.per_task, name)[0]
+                    else:
+                        result = evaluate_model(name, [method], args.per_task)[0]
             except ValueError as error:
                 raise CLIError(str(error)) from None
             # Progress on stderr (a full run takes minutes); the table goes to stdout.
@@ -264,10 +474,9 @@ def run_demo_model(args: argparse.Namespace) -> None:
 def run_inseq(args: argparse.Namespace) -> int:
     """Hand the remaining arguments to inseq's own CLI (built here, after this package registered its methods)."""
     from inseq.commands.cli import COMMANDS
-
-    quiet_libraries()
     from inseq.utils import InseqArgumentParser
 
+    quiet_libraries()
     parser = InseqArgumentParser(prog=f"{PROG} inseq", usage=f"{PROG} inseq <COMMAND> [<ARGS>]")
     subparsers = parser.add_subparsers(title="inseq commands")
     for command in COMMANDS:
@@ -277,14 +486,19 @@ def run_inseq(args: argparse.Namespace) -> int:
         parser.print_help()
         return 2
     model_name = getattr(inseq_args, "model_name_or_path", None)
-    if model_name is not None and model_name.startswith(DEMO_PREFIX):
-        inseq_args.model_name_or_path = resolve_model(model_name)[0]
+    if model_name is not None:
+        try:
+            inseq_ext_cli.model_reference(model_name)
+        except argparse.ArgumentTypeError as error:
+            raise CLIError(f"--model_name_or_path: {error}") from None
+        if model_name.startswith(DEMO_PREFIX):
+            inseq_args.model_name_or_path = resolve_model(model_name)[0]
     try:
         command, command_args = inseq_args.factory_method(inseq_args)
     except (RuntimeError, ValueError, TypeError) as error:  # inseq's argument checks
         raise CLIError(f"inseq {args.inseq_args[0]}: {error}") from None
     argument_groups = command_args if isinstance(command_args, tuple | list) else (command_args,)
-    with atomic_inseq_outputs(argument_groups):
+    with atomic_inseq_outputs(argument_groups), loading_quietly():
         try:
             command.run(command_args)
         except OSError as error:
@@ -298,14 +512,40 @@ def run_inseq(args: argparse.Namespace) -> int:
 INSEQ_OUTPUT_FIELDS = ("save_path", "viz_path")
 
 
+class RenamingStream(io.TextIOBase):
+    """A text stream that forwards to ``stream`` with each temporary file name replaced by the requested one."""
+
+    def __init__(self, stream: Any, renames: Sequence[tuple[Path, Path]]) -> None:
+        self.stream = stream
+        self.renames = [(str(temporary), str(target)) for temporary, target in renames]
+
+    def write(self, text: str) -> int:
+        for temporary, target in self.renames:
+            text = text.replace(temporary, target)
+        return self.stream.write(text)
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+    def isatty(self) -> bool:  # keeps colors when the real stream is a terminal
+        return self.stream.isatty()
+
+    @property
+    def encoding(self) -> str:
+        return getattr(self.stream, "encoding", "utf-8")
+
+
 @contextmanager
 def atomic_inseq_outputs(argument_groups: Sequence[Any]) -> Iterator[None]:
     """Make inseq's own commands write their output files whole or not at all.
 
-    Each ``save_path`` / ``viz_path`` is checked, then replaced by a temporary name in the same folder; after a
-    successful run the temporary files are renamed to the requested names, after a failure they are removed.
+    Each ``save_path`` / ``viz_path`` is checked, then replaced by a temporary name in the same folder (missing
+    folders are created, as for ``inseq-ext attribute``); after a successful run the temporary files are renamed
+    to the requested names, after a failure they are removed (with the folders created for them). inseq's own
+    messages ("Saving attributions to ...") name the requested files, not the temporary ones.
     """
     renames: list[tuple[Path, Path]] = []
+    created: list[Path] = []
     for group in argument_groups:
         for field_name in INSEQ_OUTPUT_FIELDS:
             requested = getattr(group, field_name, None)
@@ -313,15 +553,24 @@ def atomic_inseq_outputs(argument_groups: Sequence[Any]) -> Iterator[None]:
                 continue
             target = Path(requested)
             check_writable(target, f"--{field_name}")
+            created += missing_folders(target)
             target.parent.mkdir(parents=True, exist_ok=True)
             temporary = target.with_name(f".{target.name}.{os.getpid()}.partial{target.suffix}")
             setattr(group, field_name, str(temporary))
             renames.append((temporary, target))
+    succeeded = False
     try:
-        yield
+        with redirect_stdout(RenamingStream(sys.stdout, renames)):
+            yield
         for temporary, target in renames:
             if temporary.exists():
                 os.replace(temporary, target)
+        succeeded = True
     finally:
         for temporary, _ in renames:
             temporary.unlink(missing_ok=True)
+        if not succeeded:
+            remove_empty_folders(created)
+    for folder in dict.fromkeys(created):
+        if folder.parent not in created:
+            print(f"(created the folder {folder})")

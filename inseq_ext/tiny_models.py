@@ -18,6 +18,10 @@ from transformers import (
     GPTNeoXForCausalLM,
     LlamaConfig,
     LlamaForCausalLM,
+    MarianConfig,
+    MarianMTModel,
+    MBartConfig,
+    MBartForConditionalGeneration,
     MistralConfig,
     MistralForCausalLM,
     PhiConfig,
@@ -28,6 +32,8 @@ from transformers import (
     Qwen2ForCausalLM,
     Qwen3Config,
     Qwen3ForCausalLM,
+    T5Config,
+    T5ForConditionalGeneration,
 )
 
 PAD, BOS, EOS, UNK = "<pad>", "<s>", "</s>", "<unk>"
@@ -46,7 +52,7 @@ _CORPUS = [
 ]
 
 DECODER_ONLY_ARCHITECTURES = ("gpt2", "llama", "mistral", "qwen2", "qwen3", "gpt_neox", "phi")
-ENCODER_DECODER_ARCHITECTURES = ("bart",)
+ENCODER_DECODER_ARCHITECTURES = ("bart", "marian", "mbart", "t5")
 ARCHITECTURES = DECODER_ONLY_ARCHITECTURES + ENCODER_DECODER_ARCHITECTURES
 
 
@@ -136,8 +142,9 @@ def _model_config(architecture: str, vocab_size: int, ids: dict[str, int], size:
         return GPTNeoXConfig(rotary_pct=0.5, **dense)
     if architecture == "phi":
         return PhiConfig(partial_rotary_factor=0.5, **dense)
-    if architecture == "bart":
-        return BartConfig(
+    if architecture in ("bart", "marian", "mbart"):
+        config_class = {"bart": BartConfig, "marian": MarianConfig, "mbart": MBartConfig}[architecture]
+        return config_class(
             d_model=hidden,
             encoder_layers=layers,
             decoder_layers=layers,
@@ -147,9 +154,27 @@ def _model_config(architecture: str, vocab_size: int, ids: dict[str, int], size:
             decoder_ffn_dim=ffn,
             max_position_embeddings=max_positions,
             scale_embedding=True,
-            decoder_start_token_id=ids["eos_token_id"],
+            # Marian starts decoding from <pad>, BART and mBART (in this tiny set-up) from </s>.
+            decoder_start_token_id=ids["pad_token_id"] if architecture == "marian" else ids["eos_token_id"],
             forced_eos_token_id=None,
             **common,
+        )
+    if architecture == "t5":
+        # T5: no absolute positions; a learned relative position bias is added to the attention scores, which are
+        # not scaled (Raffel et al., 2020). Decoding starts from <pad>.
+        return T5Config(
+            d_model=hidden,
+            d_kv=hidden // heads,
+            d_ff=ffn,
+            num_layers=layers,
+            num_decoder_layers=layers,
+            num_heads=heads,
+            relative_attention_num_buckets=8,
+            relative_attention_max_distance=16,
+            decoder_start_token_id=ids["pad_token_id"],
+            vocab_size=vocab_size,
+            pad_token_id=ids["pad_token_id"],
+            eos_token_id=ids["eos_token_id"],
         )
     raise ValueError(f"Unknown tiny architecture {architecture!r}; choose one of {', '.join(ARCHITECTURES)}.")
 
@@ -198,6 +223,9 @@ def build_model(
         "gpt_neox": GPTNeoXForCausalLM,
         "phi": PhiForCausalLM,
         "bart": BartForConditionalGeneration,
+        "marian": MarianMTModel,
+        "mbart": MBartForConditionalGeneration,
+        "t5": T5ForConditionalGeneration,
     }
     generator_state = torch.random.get_rng_state()
     torch.manual_seed(seed)

@@ -37,16 +37,29 @@ def main() -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     logging.getLogger("inseq").setLevel(logging.ERROR)
 
-    attribution_model = inseq.load_model(inseq_ext.demo_model("gpt2"), "custom_saliency")
+    attribution_model = inseq.load_model(
+        inseq_ext.demo_model("gpt2"), "custom_saliency", model_kwargs={"attn_implementation": "eager"}
+    )
     prompts = [
         "The first president of America is",
         "Review: the acting was superb, the film is about a king, it was shown at the library. Sentiment:",
     ]
     generation = {"max_new_tokens": 4, "do_sample": False}
+    first = attribution_model.attribute(
+        prompts[0], generation_args=generation, step_scores=["probability"], show_progress=False
+    )
+    text = first.info["generated_texts"][0]
+    # Three methods on the first generation (a method switch), then the review with custom_saliency.
     outputs = [
-        attribution_model.attribute(prompts, generation_args=generation, show_progress=False),
+        {
+            "custom_saliency": first,
+            "attention": attribution_model.attribute(prompts[0], text, method="attention", show_progress=False),
+            "block_gradient_x_input": attribution_model.attribute(
+                prompts[0], text, method="block_gradient_x_input", show_progress=False
+            ),
+        },
         attribution_model.attribute(
-            prompts[0], generation_args=generation, method="block_gradient_x_input", show_progress=False
+            prompts[1], generation_args=generation, step_scores=["probability"], show_progress=False
         ),
     ]
     write_explorer(outputs, args.html, tokenizer=attribution_model, title="inseq_ext explorer (demo GPT-2)")
@@ -55,12 +68,12 @@ def main() -> None:
 
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=args.chromium, args=CHROMIUM_ARGS)
-        page = browser.new_page(viewport={"width": 1000, "height": 430})
+        page = browser.new_page(viewport={"width": 1000, "height": 640})
         page.goto(args.html.resolve().as_uri())
         page.select_option("#granularity-select", "word")
         page.click('.unit.generated[data-generated="0"]')
         page.click('.unit.generated[data-generated="1"]', modifiers=["Shift"])
-        page.hover('.unit[data-axis="target"][data-index="4"]')
+        page.hover('.unit[data-role="prompt"][data-index="4"]')
         with atomic_output(args.png) as temporary:
             page.screenshot(path=str(temporary), type="png")
         browser.close()

@@ -67,3 +67,12 @@ def pytest_generate_tests(metafunc):
     # Tests taking ``each_architecture`` run once per tiny architecture.
     if "each_architecture" in metafunc.fixturenames:
         metafunc.parametrize("each_architecture", ARCHITECTURES)
+
+
+@pytest.fixture(scope="session")
+def browser():
+    """Headless Chromium for the explorer's browser tests (see tests/browser_helpers.py); skipped when missing."""
+    from browser_helpers import launched_browser
+
+    with launched_browser() as chromium:
+        yield chromium

@@ -18,12 +18,14 @@ from inseq_ext.inseq_compat import without_inseq_compat
 from inseq_ext.tiny_models import build_model
 
 STYLES = ("cpu_offload", "disk_offload", "dispatch_model")
-# (method, options): custom_saliency on both gradient engines, block gradient x input, rebuilt attention.
+# (method, options): custom_saliency on both gradient engines, block gradient x input, rebuilt attention, AttnLRP
+# (whose norm rule reads offloaded norm weights).
 CASES = (
     ("custom_saliency", {"single_forward": True}),
     ("custom_saliency", {"single_forward": False}),
     ("block_gradient_x_input", {}),
     ("rotary_attention", {}),
+    ("attnlrp", {}),
 )
 
 

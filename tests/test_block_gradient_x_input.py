@@ -141,10 +141,58 @@ def test_batched_prompts_equal_one_at_a_time(attribution_models):
 def test_default_reduction_is_absmax_over_layers_then_normalized(block_outputs):
     seq = block_outputs("gpt2")[0]
     assert isinstance(seq, BlockGradientXInputSequenceOutput)
-    raw = seq.target_attributions
+    # The last block feeds only GPT-2's final LayerNorm: left out of the default reduction.
+    assert seq.scale_invariant_layers == {"target_attributions": (seq.target_attributions.shape[-1] - 1,)}
+    raw = seq.target_attributions[..., :-1]
     peak = raw.gather(-1, raw.nan_to_num().abs().argmax(-1, keepdim=True)).squeeze(-1)
     expected = peak / peak.nan_to_num().abs().sum(0, keepdim=True)
     torch.testing.assert_close(seq.aggregate().target_attributions, expected, equal_nan=True)
+
+
+def _norm_epsilon_names(norm: torch.nn.Module) -> list[str]:
+    return [name for name in ("eps", "variance_epsilon") if isinstance(getattr(norm, name, None), float)]
+
+
+@pytest.mark.parametrize("architecture", ["gpt2", "llama", "mistral", "qwen2", "qwen3", "gpt_neox", "phi"])
+def test_last_block_before_the_final_norm_is_zero_and_left_out(tiny_models, architecture):
+    """Gradient x input of a LayerNorm/RMSNorm input is zero (the norm ignores scale): exactly with epsilon 0."""
+    from inseq_ext.adapters.base import resolve_module
+
+    model, tokenizer = tiny_models(architecture)
+    norm = resolve_module(model, get_adapter(model).final_norm)
+    names = _norm_epsilon_names(norm)
+    saved = {name: getattr(norm, name) for name in names}
+    assert names, type(norm).__name__
+    try:
+        for name in names:
+            setattr(norm, name, 0.0)
+        attribution_model = inseq.load_model(model, "block_gradient_x_input", tokenizer=tokenizer)
+        out = attribution_model.attribute(
+            SOURCE, forced_text(architecture), attributed_fn=ATTRIBUTED_FN, show_progress=False
+        )
+    finally:
+        for name, value in saved.items():
+            setattr(norm, name, value)
+    seq = out[0]
+    raw = seq.target_attributions.nan_to_num()
+    last = raw.shape[-1] - 1
+    assert seq.scale_invariant_layers == {"target_attributions": (last,)}
+    assert raw[..., last].abs().max() <= 1e-5 * raw[..., :last].abs().max()
+    assert raw[..., :last].abs().amax(dim=(0, 1)).min() > 0  # the other layers are not zero
+    # The default reduction is absmax over the other layers; select_idx still reaches the raw last layer.
+    expected = raw[..., :last].gather(-1, raw[..., :last].abs().argmax(-1, keepdim=True)).squeeze(-1)
+    aggregated = seq.aggregate(normalize=False).target_attributions.nan_to_num()
+    torch.testing.assert_close(aggregated, expected)
+    torch.testing.assert_close(seq.aggregate(select_idx=last, normalize=False).target_attributions.nan_to_num(),
+                               raw[..., last])  # fmt: skip
+
+
+def test_no_layer_left_out_without_a_final_norm_or_with_named_blocks(tiny_models, block_outputs):
+    assert block_outputs("bart")[0].scale_invariant_layers == {}  # post-norm BART: no norm after the stack
+    model, tokenizer = tiny_models("gpt2")
+    named = inseq.load_model(model, "block_gradient_x_input", tokenizer=tokenizer, blocks="transformer.h")
+    out = named.attribute(SOURCE, forced_text("gpt2"), attributed_fn=ATTRIBUTED_FN, show_progress=False)
+    assert out[0].scale_invariant_layers == {}  # named blocks may end anywhere: nothing is assumed
 
 
 def test_select_one_layer_or_a_range_before_showing(block_outputs):
@@ -174,6 +222,7 @@ def test_save_and_load_keep_layers_and_default_reduction(block_outputs, tmp_path
     torch.testing.assert_close(
         loaded.aggregate()[0].target_attributions, out.aggregate()[0].target_attributions, equal_nan=True
     )
+    assert loaded[0].scale_invariant_layers == out[0].scale_invariant_layers == {"target_attributions": (2,)}
 
 
 @pytest.mark.parametrize("generated_token", [0, -1, "Was"])

@@ -189,6 +189,23 @@ def test_data_line_scores_are_sums_of_their_tokens(support_model, support_output
     assert torch.equal(data_block_scores(support_output, tokenizer, SUPPORT_CHAT, message=0).scores, lines.scores)
 
 
+def test_data_block_on_one_line_scored_per_sentence(support_model):
+    """A block written on one line (the demo models' trained layout) is split into its sentences."""
+    tokenizer = support_model.tokenizer
+    entries = ["library 9 to 13.", "email 8 to 20.", "phone 10 to 13."]
+    chat = [{"role": "system", "content": f"[DATA] {' '.join(entries)} [/DATA]"},
+            {"role": "user", "content": "Opening hour of the phone"}]  # fmt: skip
+    output = attribute_chat(support_model, chat, answers=" 10.", show_progress=False)
+    scores = data_block_scores(output, tokenizer, chat, entries="sentences")
+    assert scores.labels == entries
+    prompt = render_chat(tokenizer, chat)
+    target = output[0].target_attributions
+    spans = [(prompt.index(entry), prompt.index(entry) + len(entry)) for entry in entries]
+    expected = [target[_tokens_of(prompt, tokenizer, start, end)].nansum(0) for start, end in spans]
+    assert torch.allclose(scores.scores, torch.stack(expected))
+    assert data_block_scores(output, tokenizer, chat).labels == [" ".join(entries)]  # by lines: one entry
+
+
 def test_chat_scores_refuse_bad_input(support_model, support_output):
     tokenizer = support_model.tokenizer
     with pytest.raises(ValueError, match=r"No \[DATA\] block in message 'user'"):
@@ -215,6 +232,11 @@ def test_data_block_extent():
     assert [unclosed[a:b] for a, b in data_block_lines(unclosed)] == ["inline", "next"]
     with pytest.raises(ValueError, match=r"The \[DATA\] block has no lines"):
         data_block_lines("[DATA][/DATA]")
+    one_line = "[DATA] library 9 to 13. email 8 to 20. phone 10 [/DATA] Opening hour of the phone"
+    entries = [one_line[a:b] for a, b in data_block_lines(one_line, entries="sentences")]
+    assert entries == ["library 9 to 13.", "email 8 to 20.", "phone 10"]
+    with pytest.raises(ValueError, match="Unknown entries 'words'; choose one of: lines, sentences"):
+        data_block_lines(one_line, entries="words")
 
 
 def test_message_spans_follow_the_template():

@@ -37,6 +37,9 @@ def imported_after(arguments: list[str]) -> tuple[int, list[str], str]:
         ["--help"],
         ["attribute", "--help"],
         ["ground-truth", "--help"],
+        ["attribute-dataset", "--help"],
+        ["attribute-dataset", "data.jsonl", "--out", "run", "--batch-size", "0"],
+        ["summarize", "--help"],
         ["attribute", "The capital of France is", "--method", "saliencee"],
         ["attribute", "The capital of France is", "--step-scores", "nonexistent"],
         ["attribute", "The capital of France is", "--max-new-tokens", "0"],
@@ -108,7 +111,7 @@ def test_help_lists_methods_defaults_and_demo_models(capsys):
     for method in inseq_ext_cli.ATTRIBUTION_METHODS:
         assert method in text
     assert "demo:translation" in text and "default: demo:gpt2" in text
-    assert "tokens to generate at most, greedily (default: " in text
+    assert "(default: the model's generation config, max_new_tokens or max_length, else 20;" in text
 
 
 def test_every_subcommand_handler_resolves():
@@ -118,3 +121,13 @@ def test_every_subcommand_handler_resolves():
     for name, subparser in subparsers.choices.items():
         handler = subparser.get_default("handler")
         assert callable(inseq_ext_cli.load_handler(handler)), name
+
+
+def test_packaging_declares_the_launcher_and_an_spdx_license():
+    """The console script is the launcher, which ships as a module; the license is an SPDX string (setuptools
+    deprecates the ``license = {text = ...}`` table and warns at every install)."""
+    tomllib = pytest.importorskip("tomllib")
+    project = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text(encoding="utf-8"))
+    assert project["project"]["license"] == "Apache-2.0"
+    assert project["project"]["scripts"]["inseq-ext"] == "inseq_ext_cli:main"
+    assert "inseq_ext_cli" in project["tool"]["setuptools"]["py-modules"]

@@ -1,62 +1,22 @@
-"""The HTML explorer in a real browser: headless Chromium (Debian's package) driven by Playwright.
-
-Skipped when Chromium or Playwright is missing, unless INSEQ_EXT_REQUIRE_BROWSER=1 (set by .ci/run), which turns
-the skip into a failure.
-"""
+"""The HTML explorer in a real browser: headless Chromium (Debian's package) driven by Playwright, on tiny models
+(methods, layer/head axes, several prompts per file). Skipped or failed as tests/browser_helpers.py says."""
 
 from __future__ import annotations
 
 import math
-import os
-import re
-from pathlib import Path
 
 import pytest
+from browser_helpers import assert_map, open_page, units
 
-from inseq_ext.views.explorer import score_color, write_explorer
+from inseq_ext.views.explorer import write_explorer
 from inseq_ext.views.span import span_attribution
 
-CHROMIUM = os.environ.get("INSEQ_EXT_CHROMIUM", "/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 PROMPTS = ["The first president of America is", "Hello ladies and"]
 FORCED = [
     "The first president of America is George Washington. He was born in America.",
     "Hello ladies and gentlemen, I am a member.",
 ]
 TITLES = ["saliency 1", "saliency 2", "attention", "custom_saliency", "block_gradient_x_input", "bart saliency"]
-
-
-def _missing_browser() -> str | None:
-    try:
-        import playwright.sync_api  # noqa: F401
-    except ImportError:
-        return "the playwright package is not installed (pip install -e '.[test]')"
-    if not Path(CHROMIUM).exists():
-        return f"Chromium not found at {CHROMIUM} (Debian: apt-get install -y --no-install-recommends chromium)"
-    return None
-
-
-@pytest.fixture(scope="module")
-def browser():
-    reason = _missing_browser()
-    if reason:
-        if os.environ.get("INSEQ_EXT_REQUIRE_BROWSER") == "1":
-            pytest.fail(f"INSEQ_EXT_REQUIRE_BROWSER=1 but {reason}")
-        pytest.skip(reason)
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield chromium
-        chromium.close()
 
 
 @pytest.fixture(scope="module")
@@ -82,13 +42,9 @@ def page(browser, outputs, tmp_path_factory):
     path = tmp_path_factory.mktemp("explorer") / "explorer.html"
     ordered = [outputs[name] for name in ("saliency", "attention", "custom", "block", "bart")]
     write_explorer(ordered, path, titles=TITLES)
-    tab = browser.new_page(viewport={"width": 1200, "height": 800})
-    requests, errors = [], []
-    tab.on("request", lambda request: requests.append(request.url))
-    tab.on("pageerror", lambda error: errors.append(str(error)))
-    tab.goto(path.as_uri())
+    tab = open_page(browser, path.as_uri())
     tab.wait_for_selector(".unit.generated")
-    tab.explorer_path, tab.requests, tab.errors = path, requests, errors
+    tab.explorer_path = path
     yield tab
     tab.close()
 
@@ -104,52 +60,10 @@ def _reset(page, sequence: int, granularity: str = "token", layer: str = "*", he
     page.keyboard.press("Escape")
 
 
-def _units(page) -> list[dict]:
-    return page.eval_on_selector_all(
-        ".unit",
-        """elements => elements.map(e => ({axis: e.dataset.axis, index: Number(e.dataset.index),
-            generated: e.dataset.generated, score: e.dataset.score, text: e.textContent, title: e.title,
-            color: getComputedStyle(e).backgroundColor, selected: e.classList.contains('selected')}))""",
-    )
-
-
-def _rgba(css: str) -> tuple[float, float, float, float]:
-    if css == "transparent":
-        return (0.0, 0.0, 0.0, 0.0)
-    values = [float(v) for v in re.findall(r"[\d.]+", css)]
-    return tuple(values) if len(values) == 4 else (*values, 1.0)
-
-
-def _assert_map(page, span, fixed_scale: float | None = None, min_checked: int = 2):
-    """Every unit's shown score and color equal the Python span map (NaN: no score, transparent)."""
-    expected = {}
-    for axis, scores in (("source", span.source_scores), ("target", span.target_scores)):
-        if scores is not None:
-            expected.update({(axis, idx): value for idx, value in enumerate(scores.tolist())})
-    finite = [abs(v) for v in expected.values() if not math.isnan(v)]
-    scale = fixed_scale if fixed_scale is not None else max(finite)
-    units = _units(page)
-    assert len(units) == len(span.source) + len(span.target) or span.source_scores is None
-    checked = 0
-    for unit in units:
-        value = expected.get((unit["axis"], unit["index"]), float("nan"))
-        if math.isnan(value):
-            assert unit["score"] == "", unit
-            assert _rgba(unit["color"])[3] == 0
-            continue
-        shown = float(unit["score"])
-        assert shown == pytest.approx(value, rel=1e-4, abs=1e-6), unit
-        assert _rgba(unit["color"]) == pytest.approx(_rgba(score_color(value, scale)), abs=5e-3), (
-            unit
-        )  # Chromium stores opacity in 8 bits
-        checked += 1
-    assert checked >= min_checked
-
-
 def test_click_a_generated_token_colors_the_prompt(page, outputs):
     _reset(page, 0)
     page.click('.unit.generated[data-generated="3"]')
-    _assert_map(page, span_attribution(outputs["saliency"], 3))
+    assert_map(page, span_attribution(outputs["saliency"], 3))
     # The raw number shows on hover, in the status bar and the tooltip.
     america = page.locator('.unit[data-axis="target"][data-index="9"]')
     america.hover()
@@ -167,36 +81,40 @@ def test_shift_click_and_drag_select_a_span(page, outputs):
     _reset(page, 0)
     page.click('.unit.generated[data-generated="1"]')
     page.click('.unit.generated[data-generated="4"]', modifiers=["Shift"])
-    _assert_map(page, span_attribution(outputs["saliency"], 1, 5))
+    assert_map(page, span_attribution(outputs["saliency"], 1, 5))
     assert "sum of 4 token maps" in page.text_content("#selection-info")
-    assert [u["generated"] for u in _units(page) if u["selected"]] == ["1", "2", "3", "4"]
+    assert [u["generated"] for u in units(page) if u["selected"]] == ["1", "2", "3", "4"]
     # Drag from generated token 0 to 2.
     page.hover('.unit.generated[data-generated="0"]')
     page.mouse.down()
     page.hover('.unit.generated[data-generated="2"]')
     page.mouse.up()
-    _assert_map(page, span_attribution(outputs["saliency"], 0, 3))
+    assert_map(page, span_attribution(outputs["saliency"], 0, 3))
 
 
 def test_word_and_sentence_granularity(page, outputs):
     _reset(page, 0, "word")
     span = span_attribution(outputs["saliency"], 1, granularity="word")
-    shown = [u["text"] for u in _units(page) if u["axis"] == "target"]
+    shown = [u["text"] for u in units(page) if u["axis"] == "target"]
     assert shown == span.target
+    # This tokenizer splits words ("president" is 4 tokens): the word view has fewer units and no "equals" note.
+    tokens = outputs["saliency"].sequence_attributions[0].target
+    assert len(shown) < len(tokens) and any(len(text.strip()) > 6 for text in shown)
+    assert not page.is_visible("#granularity-note")
     page.click('.unit.generated[data-generated="1"]')
-    _assert_map(page, span)
+    assert_map(page, span)
     assert span.text.strip() in page.text_content("#selection-info")
     _reset(page, 0, "sentence")
     page.click('.unit.generated[data-generated="0"]')
     page.click('.unit.generated[data-generated="1"]', modifiers=["Shift"])
-    _assert_map(page, span_attribution(outputs["saliency"], 0, 2, granularity="sentence"))
+    assert_map(page, span_attribution(outputs["saliency"], 0, 2, granularity="sentence"))
 
 
 def test_second_prompt_and_fixed_color_scale(page, outputs):
     _reset(page, 1, scale="fixed")
     page.fill("#scale-max", "0.05")
     page.click('.unit.generated[data-generated="2"]')
-    _assert_map(page, span_attribution(outputs["saliency"], 2, sequence=1), fixed_scale=0.05)
+    assert_map(page, span_attribution(outputs["saliency"], 2, sequence=1), fixed_scale=0.05)
     assert "gentlemen" in page.text_content("#generation")
     # "whole sequence": the largest |score| over every single-unit map, so maps can be compared by eye.
     page.select_option("#scale-select", "global")
@@ -208,32 +126,32 @@ def test_second_prompt_and_fixed_color_scale(page, outputs):
         if not math.isnan(value)
     )
     assert float(page.text_content("#scale-label")) == pytest.approx(largest, rel=1e-5)
-    _assert_map(page, span_attribution(outputs["saliency"], 2, sequence=1), fixed_scale=largest)
+    assert_map(page, span_attribution(outputs["saliency"], 2, sequence=1), fixed_scale=largest)
 
 
 def test_layer_and_head_controls(page, outputs):
     _reset(page, 2, layer="1", head="2")
     page.click('.unit.generated[data-generated="0"]')
-    _assert_map(page, span_attribution(outputs["attention"], 0, select={"layer": 1, "head": 2}))
+    assert_map(page, span_attribution(outputs["attention"], 0, select={"layer": 1, "head": 2}))
     page.select_option("#head-select", "*")
-    _assert_map(page, span_attribution(outputs["attention"], 0, select={"layer": 1}))
+    assert_map(page, span_attribution(outputs["attention"], 0, select={"layer": 1}))
     page.select_option("#layer-select", "*")
-    _assert_map(page, span_attribution(outputs["attention"], 0))
+    assert_map(page, span_attribution(outputs["attention"], 0))
     _reset(page, 4, layer="0")
     assert page.locator("#layer-select option").all_text_contents()[1:3] == ["embeddings", "block 0"]
     assert not page.is_visible("#head-select")
     page.click('.unit.generated[data-generated="5"]')
-    _assert_map(page, span_attribution(outputs["block"], 5, select={"layer": 0}))
+    assert_map(page, span_attribution(outputs["block"], 5, select={"layer": 0}))
 
 
 def test_package_method_and_encoder_decoder(page, outputs):
     _reset(page, 3, "word")
     page.click('.unit.generated[data-generated="0"]')
-    _assert_map(page, span_attribution(outputs["custom"], 0, granularity="word"))
+    assert_map(page, span_attribution(outputs["custom"], 0, granularity="word"))
     assert not page.is_visible("#layer-select")
     _reset(page, 5, "word")
     page.click('.unit.generated[data-generated="1"]')
     span = span_attribution(outputs["bart"], 1, granularity="word")
     assert span.source_scores is not None
-    _assert_map(page, span)
+    assert_map(page, span)
     assert "America" in page.text_content("#prompt")

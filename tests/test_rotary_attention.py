@@ -7,7 +7,7 @@ import pytest
 import torch
 from conftest import GREEDY, PROMPTS
 from test_model_unchanged import assert_same_state, model_state
-from transformers import GPTJConfig, GPTJForCausalLM
+from transformers import GPTJConfig, GPTJForCausalLM, PegasusConfig, PegasusForConditionalGeneration
 
 from inseq_ext import capture_queries_keys
 from inseq_ext.attr.query_key_capture import rebuild_attention
@@ -207,18 +207,18 @@ def test_show_renders_and_options(tiny_models):
     assert "<table" in html
     generated_token = out[1].target[-1].token.replace("\u0120", " ").strip()
     assert generated_token in html
-    with pytest.raises(ValueError, match="[Ss]tep scores"):
-        inseq.load_model(model, "rotary_attention", tokenizer=tokenizer).attribute(
-            PROMPTS, generation_args=GREEDY, step_scores=["probability"], show_progress=False
-        )
 
 
 def test_unsupported_models_raise_clear_errors(tiny_models):
-    bart, bart_tokenizer = tiny_models("bart")
-    with pytest.raises(ValueError, match="decoder-only"):
-        inseq.load_model(bart, "rotary_attention", tokenizer=bart_tokenizer)
+    _, tokenizer = tiny_models("bart")
+    pegasus = PegasusForConditionalGeneration(
+        PegasusConfig(d_model=32, encoder_layers=1, decoder_layers=1, vocab_size=len(tokenizer), pad_token_id=0)
+    )
+    supported = "Supported families: bart, gpt2, gpt_neox, llama, mistral, phi, qwen2, qwen3, t5"
+    with pytest.raises(ValueError, match=f"'pegasus'.*{supported} \\(encoder-decoders: bart, t5\\)"):
+        inseq.load_model(pegasus, "rotary_attention", tokenizer=tokenizer)
     gptj = GPTJForCausalLM(GPTJConfig(n_embd=32, n_layer=1, n_head=4, rotary_dim=4, vocab_size=64, n_positions=64))
-    with pytest.raises(ValueError, match="Supported families: gpt2, gpt_neox, llama, mistral, phi, qwen2, qwen3"):
+    with pytest.raises(ValueError, match=supported):
         with capture_queries_keys(gptj):
             pass
     assert sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in gptj.modules()) == 0

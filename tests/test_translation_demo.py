@@ -108,8 +108,10 @@ def test_ground_truth_cli_translation(capsys, tmp_path):
     captured = capsys.readouterr()
     out = captured.out
     assert status == 0
-    # rotary_attention is for decoder-only models: skipped with a note, not an error that ends the run.
-    assert "translation rotary_attention: skipped" in captured.err and "rotary_attention" not in out
+    # rotary_attention rebuilds the cross-attention on the SDPA model: the same alignments as attention (eager).
+    assert "skipped" not in captured.err
+    rows = {line.split("|")[2].strip(): line for line in out.splitlines() if line.startswith("| translation |")}
+    assert rows["`rotary_attention`"].split("|")[3:] == rows["`attention`"].split("|")[3:]
     assert "| model | method | det | noun |" in out
     assert "| translation | `attention` |" in out and "| translation | random baseline |" in out
     assert table_path.read_text(encoding="utf-8") in out
@@ -118,6 +120,8 @@ def test_ground_truth_cli_translation(capsys, tmp_path):
 def test_evaluate_dispatches_translation_to_alignment_accuracy():
     from inseq_ext.evaluation.ground_truth import evaluate
 
-    (result,) = evaluate(models=["translation"], methods=["rotary_attention", RANDOM_BASELINE], per_task=3)
-    assert result.model == "translation" and result.probes == 3
-    assert set(result.per_task) <= {"det", "noun", "adj", "verb", "adv"}
+    results = evaluate(models=["translation"], methods=["rotary_attention", RANDOM_BASELINE], per_task=3)
+    assert [result.method for result in results] == ["rotary_attention", RANDOM_BASELINE]
+    for result in results:
+        assert result.model == "translation" and result.probes == 3
+        assert set(result.per_task) <= {"det", "noun", "adj", "verb", "adv"}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from .base import AttentionSpec, BlockStacks, ModelAdapter, resolve_module, resolve_module_list
+from .base import AttentionSpec, BlockStacks, ModelAdapter, RelevanceSpec, resolve_module, resolve_module_list
 from .families import BUILT_IN_ADAPTERS
 
 _ADAPTERS: dict[str, ModelAdapter] = {}
@@ -49,6 +49,7 @@ __all__ = [
     "AttentionSpec",
     "BlockStacks",
     "ModelAdapter",
+    "RelevanceSpec",
     "get_adapter",
     "register_adapter",
     "registered_adapters",

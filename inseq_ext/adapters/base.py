@@ -13,6 +13,8 @@ import torch
 
 #: How a self-attention module produces its queries and keys (see :class:`AttentionSpec`).
 QueryKeyLayout = Literal["separate", "fused_per_head", "fused_stacked"]
+#: Which normalization a family uses (see :class:`RelevanceSpec`).
+NormKind = Literal["rms", "layer"]
 
 
 @dataclass(frozen=True)
@@ -47,6 +49,12 @@ class AttentionSpec:
             on the first ``cos.shape[-1]`` channels of each head, so partial rotary needs nothing extra).
         sliding_window_from_config: Use ``config.sliding_window`` for every layer when the attention module has no
             ``sliding_window`` attribute of its own (Mistral).
+        score_bias_output: Index, in the attention module's output tuple, of an additive bias on the scores
+            (``(batch or 1, heads, queries, keys)``, before the mask), e.g. T5's relative position bias (output 1 of
+            ``T5Attention``); ``None`` when the scores have no such bias.
+
+    The same description serves the self-attention of a decoder-only model, and an encoder-decoder's encoder
+    self-attention, decoder self-attention and cross-attention (whose keys are projections of the encoder output).
     """
 
     module: str
@@ -59,6 +67,38 @@ class AttentionSpec:
     head_dim_attribute: str = "head_dim"
     rotary: bool = True
     sliding_window_from_config: bool = False
+    score_bias_output: int | None = None
+
+
+@dataclass(frozen=True)
+class RelevanceSpec:
+    r"""Where a family normalizes, applies element-wise activations and gates: what AttnLRP's rules attach to.
+
+    Attention needs no entry: its rule is installed on the attention function the model calls through
+    transformers' attention registry, whatever the module layout. Paths of submodules that only some configurations
+    have (Qwen3's ``q_norm``, Phi's optional ``q_layernorm``, mBART's final ``layer_norm``) are skipped where absent.
+
+    Attributes:
+        norm_kind: ``"rms"``: :math:`y = w \odot x / \sqrt{\overline{x^2} + \epsilon}` (Llama-style RMSNorm);
+            ``"layer"``: :math:`y = w \odot (x - \bar x) / \sqrt{\operatorname{var} x + \epsilon} + b`
+            (``torch.nn.LayerNorm``). Both over the last dimension.
+        epsilon_attribute: Attribute of the normalization modules holding :math:`\epsilon`.
+        block_norms: Normalization modules, relative to a block (both stacks of an encoder-decoder).
+        model_norms: Normalization modules outside the blocks, relative to the model (final norm, embedding norm).
+        activations: Element-wise activation modules (``ACT2FN`` modules such as SiLU or GELU), relative to a block.
+        gate_consumers: Modules whose input is an element-wise product of two branches, relative to a block: the
+            down projection of a gated MLP, which receives ``act(gate_proj(x)) * up_proj(x)``.
+        eager_bypass_flags: Config flags that, with eager attention, make the family compute attention without
+            transformers' attention registry (where the attention rule is installed); such models are refused.
+    """
+
+    norm_kind: NormKind
+    epsilon_attribute: str
+    block_norms: tuple[str, ...]
+    model_norms: tuple[str, ...]
+    activations: tuple[str, ...]
+    gate_consumers: tuple[str, ...] = ()
+    eager_bypass_flags: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -71,6 +111,13 @@ class ModelAdapter:
         decoder_blocks: Path of the decoder's (or decoder-only model's) block list, e.g. ``"model.layers"``.
         encoder_blocks: Path of the encoder's block list, for encoder-decoder models.
         attention: Where the decoder blocks' self-attention computes queries and keys (``None``: not described).
+        final_norm, encoder_final_norm: Path of the normalization applied to the output of the last decoder
+            (encoder) block and nothing else, in pre-norm architectures (GPT-2 ``transformer.ln_f``, Llama
+            ``model.norm``); ``None``, or a path the model lacks (BART has none, mBART has one), when there is none.
+        relevance: Where normalizations, activations and gates are, for ``attnlrp`` (``None``: not described).
+        encoder_attention: Where the encoder blocks' self-attention computes them (encoder-decoders).
+        cross_attention: Where the decoder blocks' cross-attention (queries from the decoder, keys from the encoder
+            output) computes them (encoder-decoders).
     """
 
     family: str
@@ -78,12 +125,33 @@ class ModelAdapter:
     decoder_blocks: str
     encoder_blocks: str | None = None
     attention: AttentionSpec | None = None
+    final_norm: str | None = None
+    encoder_final_norm: str | None = None
+    relevance: RelevanceSpec | None = None
+    encoder_attention: AttentionSpec | None = None
+    cross_attention: AttentionSpec | None = None
 
     def block_stacks(self, model: torch.nn.Module) -> BlockStacks:
         return BlockStacks(
             encoder=resolve_module_list(model, self.encoder_blocks) if self.encoder_blocks else None,
             decoder=resolve_module_list(model, self.decoder_blocks),
         )
+
+    def last_block_feeds_scale_invariant_norm(self, model: torch.nn.Module, encoder: bool = False) -> bool:
+        """Whether the last (encoder) block's output only enters a LayerNorm or RMSNorm.
+
+        Such a norm gives the same output for ``c * h`` as for ``h`` (up to its epsilon), so any function ``F`` of
+        it has ``sum_d dF/dh[d] * h[d] = d/dc F(norm(c * h)) at c = 1 = 0``: gradient x input there is zero.
+        """
+        path = self.encoder_final_norm if encoder else self.final_norm
+        module = resolve_module(model, path) if path else None
+        return module is not None and is_scale_invariant_norm(module)
+
+
+def is_scale_invariant_norm(module: torch.nn.Module) -> bool:
+    """LayerNorm and RMSNorm (``torch.nn`` or a family's own class, e.g. ``LlamaRMSNorm``, ``T5LayerNorm``)."""
+    name = type(module).__name__
+    return isinstance(module, torch.nn.LayerNorm | torch.nn.RMSNorm) or name.endswith(("LayerNorm", "RMSNorm"))
 
 
 def resolve_module(root: torch.nn.Module, path: str) -> torch.nn.Module | None:

@@ -29,9 +29,14 @@ from .model_state import HookSet, preserved_model_state
 class ExtFeatureAttribution(FeatureAttribution, Registry):
     """Base of the package's methods: guaranteed model restore, batch-level set-up and decoder-only filtering.
 
-    Subclasses define ``method_name`` (their key in inseq's registry) and ``attribute_step``. Intermediate base
-    classes list :class:`~inseq.utils.Registry` among their bases, as inseq's do, so the registry skips them.
+    Subclasses define ``method_name`` (their key in inseq's registry) and ``attribute_step``, and list in
+    ``option_names`` the keyword arguments of ``model.attribute`` they take (what ``get_attribution_args`` keeps;
+    :func:`~inseq_ext.attr.method_args.check_attribution_kwargs` names them when an unknown one is given).
+    Intermediate base classes list :class:`~inseq.utils.Registry` among their bases, as inseq's do, so the registry
+    skips them.
     """
+
+    option_names: tuple[str, ...] = ()
 
     def __init__(self, attribution_model, hook_to_model: bool = True, **kwargs) -> None:
         super().__init__(attribution_model, hook_to_model=hook_to_model, **kwargs)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,14 +21,46 @@ LAYER_DIMENSION_NAME = "Layer (0 = embeddings, l = block l-1)"
 
 @dataclass(eq=False, repr=False)
 class BlockGradientXInputSequenceOutput(MultiDimensionalFeatureAttributionSequenceOutput):
-    """Per-sequence output with a trailing layer axis: index 0 is the embeddings, index ``l`` block ``l - 1``.
+    r"""Per-sequence output with a trailing layer axis: index 0 is the embeddings, index ``l`` block ``l - 1``.
 
     Default reduction over layers (used by ``aggregate()`` and ``show()``): ``absmax``, the signed score of largest
     magnitude across depth. The entries of the layer axis are successive estimates of one token's contribution
     carried by the residual stream, not disjoint parts of it, so a sum (or a mean, which is a rescaled sum) counts
     the same influence once per layer; the peak keeps each token's strongest estimate and its sign. Pick one layer
     or a span instead with ``show(select_idx=l)`` / ``show(select_idx=(start, end))``.
+
+    Left out of that default reduction (kept in the raw scores and in ``select_idx`` choices): the output of the last
+    block when it only enters a LayerNorm or RMSNorm (pre-norm models: GPT-2, Llama, Mistral, Qwen, GPT-NeoX, Phi,
+    and the encoder of T5 and mBART). A norm is invariant to scaling its input, ``norm(c h) = norm(h)`` up to its
+    epsilon, so for any step function ``F``
+
+    .. math::
+        \sum_d \frac{\partial F}{\partial h[d]} \, h[d]
+        = \frac{d}{dc} F(\operatorname{norm}(c \, h)) \Big|_{c=1} = 0 ,
+
+    i.e. gradient x input of that layer is identically zero (Euler's theorem for functions homogeneous of degree 0)
+    and says nothing about the token. :attr:`scale_invariant_layers` lists these layer indices per attribution
+    field (kept by ``save``/``load``).
     """
+
+    _scale_invariant_layers: dict[str, tuple[int, ...]] | None = None
+
+    @property
+    def scale_invariant_layers(self) -> dict[str, tuple[int, ...]]:
+        """Per attribution field, the layers left out of the default reduction (their scores are zero)."""
+        return {field: tuple(layers) for field, layers in (self._scale_invariant_layers or {}).items()}
+
+    def __json_encode__(self) -> dict[str, Any]:
+        # inseq saves public fields only; this one decides the default reduction, so it is saved too.
+        encoded = super().__json_encode__()
+        if self._scale_invariant_layers:
+            encoded["_scale_invariant_layers"] = {k: list(v) for k, v in self._scale_invariant_layers.items()}
+        return encoded
+
+    def __json_decode__(self, **attributes: Any) -> None:
+        layers = attributes.pop("_scale_invariant_layers", None)
+        super().__json_decode__(**attributes)
+        self._scale_invariant_layers = {k: tuple(v) for k, v in layers.items()} if layers else None
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -41,7 +74,21 @@ class BlockGradientXInputSequenceOutput(MultiDimensionalFeatureAttributionSequen
             scores = self.source_attributions if self.source_attributions is not None else self.target_attributions
             self._num_dimensions = scores.ndim - 2 if isinstance(scores, torch.Tensor) else 0
             self._aggregator = ["absmax"] * self._num_dimensions
+        if aggregator is None and kwargs.get("select_idx") is None and self._scale_invariant_layers:
+            return self.without_scale_invariant_layers().aggregate(aggregator, *args, **kwargs)
         return super().aggregate(aggregator, *args, **kwargs)
+
+    def without_scale_invariant_layers(self) -> BlockGradientXInputSequenceOutput:
+        """A shallow copy without the layers of :attr:`scale_invariant_layers` on the layer axis."""
+        trimmed = copy.copy(self)
+        trimmed._scale_invariant_layers = None
+        for field, layers in self.scale_invariant_layers.items():
+            scores = getattr(self, field, None)
+            if not isinstance(scores, torch.Tensor) or scores.ndim < 3:
+                continue  # already reduced over layers
+            keep = [layer for layer in range(scores.shape[-1]) if layer not in set(layers)]
+            setattr(trimmed, field, scores[..., keep])
+        return trimmed
 
 
 @dataclass(eq=False, repr=False)
@@ -49,9 +96,12 @@ class BlockGradientXInputStepOutput(MultiDimensionalFeatureAttributionStepOutput
     """Step output of ``block_gradient_x_input``: ``(batch, tokens, layers)`` tensors."""
 
     _sequence_cls: type[MultiDimensionalFeatureAttributionSequenceOutput] = BlockGradientXInputSequenceOutput
+    _scale_invariant_layers: dict[str, tuple[int, ...]] | None = None
 
     def get_sequence_cls(self, **kwargs: Any) -> BlockGradientXInputSequenceOutput:
-        return BlockGradientXInputSequenceOutput(_num_dimensions=self._num_dimensions, **kwargs)
+        return BlockGradientXInputSequenceOutput(
+            _num_dimensions=self._num_dimensions, _scale_invariant_layers=self._scale_invariant_layers, **kwargs
+        )
 
 
 @dataclass(frozen=True)
@@ -114,11 +164,13 @@ class BlockGradientXInputAttribution(StepGradientAttribution):
     """
 
     method_name = "block_gradient_x_input"
+    option_names = tuple(BlockOptions.__dataclass_fields__)
 
     def __init__(self, attribution_model, blocks: str | None = None, encoder_blocks: str | None = None, **kwargs):
         super().__init__(attribution_model, **kwargs)
         self.default_options = BlockOptions(blocks=blocks, encoder_blocks=encoder_blocks)
         self.layer_counts: tuple[int, int] = (0, 0)
+        self.scale_invariant_layers: dict[str, tuple[int, ...]] = {}
 
     def options(self, args: dict[str, Any]) -> BlockOptions:
         names = BlockOptions.__dataclass_fields__
@@ -126,7 +178,7 @@ class BlockGradientXInputAttribution(StepGradientAttribution):
 
     def get_attribution_args(self, **kwargs: Any) -> tuple[dict[str, Any], dict[str, Any]]:
         """Split ``model.attribute`` keyword arguments into this method's options (validated) and the rest."""
-        ours = {name: value for name, value in kwargs.items() if name in BlockOptions.__dataclass_fields__}
+        ours = {name: value for name, value in kwargs.items() if name in self.option_names}
         find_block_stacks(self.attribution_model.model, self.attribution_model.is_encoder_decoder, self.options(ours))
         return ours, {name: value for name, value in kwargs.items() if name not in ours}
 
@@ -136,8 +188,32 @@ class BlockGradientXInputAttribution(StepGradientAttribution):
         source_blocks = list(stacks.encoder) if is_encoder_decoder else []
         target_blocks = list(stacks.decoder) if attribute_target or not is_encoder_decoder else []
         self.layer_counts = (len(source_blocks), len(target_blocks))
+        self.scale_invariant_layers = self.layers_before_final_norm(attribution_args, bool(target_blocks))
         sides = ["source"] * len(source_blocks) + ["target"] * len(target_blocks)
         return ActivationCapture(self.hooks, source_blocks + target_blocks, sides)
+
+    def layers_before_final_norm(
+        self, attribution_args: dict[str, Any], has_target: bool
+    ) -> dict[str, tuple[int, ...]]:
+        """Per attribution field, the layer index of the last block when it only enters a LayerNorm/RMSNorm.
+
+        Only for the block stacks found by the family's adapter (named ``blocks=`` may end anywhere). The layer
+        axis is ``[embeddings, block 0, ..., block n-1]``, so the last block is index ``n``.
+        """
+        model, is_encoder_decoder = self.attribution_model.model, self.attribution_model.is_encoder_decoder
+        options = self.options(attribution_args)
+        try:
+            adapter = get_adapter(model)
+        except ValueError:
+            return {}
+        layers: dict[str, tuple[int, ...]] = {}
+        n_source, n_target = self.layer_counts
+        if is_encoder_decoder and options.encoder_blocks is None:
+            if adapter.last_block_feeds_scale_invariant_norm(model, encoder=True):
+                layers["source_attributions"] = (n_source,)
+        if has_target and options.blocks is None and adapter.last_block_feeds_scale_invariant_norm(model):
+            layers["target_attributions"] = (n_target,)
+        return layers
 
     def attribute_step(
         self, attribute_fn_main_args: dict[str, Any], attribution_args: dict[str, Any] = {}
@@ -159,5 +235,9 @@ class BlockGradientXInputAttribution(StepGradientAttribution):
         else:
             target = torch.stack([embeddings[0], *blocks], dim=-1)
         return BlockGradientXInputStepOutput(
-            source_attributions=source, target_attributions=target, step_scores={}, _num_dimensions=1
+            source_attributions=source,
+            target_attributions=target,
+            step_scores={},
+            _num_dimensions=1,
+            _scale_invariant_layers=self.scale_invariant_layers or None,
         )

@@ -94,6 +94,7 @@ class CustomSaliencyAttribution(StepGradientAttribution):
     """
 
     method_name = "custom_saliency"
+    option_names = tuple(SaliencyOptions.__dataclass_fields__)
 
     def get_attribution_args(self, **kwargs: Any) -> tuple[dict[str, Any], dict[str, Any]]:
         """Split ``model.attribute`` keyword arguments into this method's options (validated) and the rest."""

@@ -72,17 +72,46 @@ def count_hooks(module: torch.nn.Module) -> int:
     )
 
 
+class _UndoHandle:
+    """A change outside PyTorch's hook lists (e.g. an entry of transformers' attention registry), undone on remove."""
+
+    def __init__(self, undo: Callable[[], None]) -> None:
+        self._undo: Callable[[], None] | None = undo
+
+    def remove(self) -> None:
+        undo, self._undo = self._undo, None
+        if undo is not None:
+            undo()
+
+
 def is_dispatched(model: torch.nn.Module | None) -> bool:
     """Whether accelerate placed ``model`` (``dispatch_model``, ``cpu_offload``, ``device_map=`` loading): some
     module carries accelerate's hook (``_hf_hook``), which moves inputs and, when offloaded, loads weights."""
     return isinstance(model, torch.nn.Module) and any(hasattr(module, "_hf_hook") for module in model.modules())
 
 
+def parameter_value(module: torch.nn.Module, name: str) -> torch.Tensor | None:
+    """The value of ``module``'s parameter ``name`` (``None`` if it has none), also when accelerate offloaded it.
+
+    Offloaded parameters sit on the ``meta`` device outside the module's own forward; their values are then read
+    from the weights map of accelerate's hook on the module.
+    """
+    param = getattr(module, name, None)
+    if param is None or param.device.type != "meta":
+        return param
+    hook = getattr(module, "_hf_hook", None)
+    for part in getattr(hook, "hooks", (hook,)):
+        weights_map = getattr(part, "weights_map", None)
+        if weights_map is not None and name in weights_map:
+            return weights_map[name]
+    raise ValueError(f"{type(module).__name__}.{name} is on the meta device and accelerate holds no value for it.")
+
+
 class HookSet:
     """Hooks registered by one attribution call; :meth:`remove_all` takes every one of them off again."""
 
     def __init__(self) -> None:
-        self._handles: list[RemovableHandle] = []
+        self._handles: list[RemovableHandle | _UndoHandle] = []
 
     def forward_hook(self, module: torch.nn.Module, hook: Callable, **kwargs) -> RemovableHandle:
         handle = module.register_forward_hook(hook, **kwargs)
@@ -94,9 +123,20 @@ class HookSet:
         self._handles.append(handle)
         return handle
 
+    def on_remove(self, undo: Callable[[], None]) -> None:
+        """Run ``undo`` when the hooks are removed (in reverse order of registration, with the hooks)."""
+        self._handles.append(_UndoHandle(undo))
+
     def remove_all(self) -> None:
+        """Remove every hook and run every undo, newest first; the first error is raised after all have run."""
+        error: BaseException | None = None
         while self._handles:
-            self._handles.pop().remove()
+            try:
+                self._handles.pop().remove()
+            except BaseException as exc:  # noqa: BLE001 - keep removing the others, then re-raise
+                error = error or exc
+        if error is not None:
+            raise error
 
     def __len__(self) -> int:
         return len(self._handles)

@@ -2,135 +2,108 @@ r"""``rotary_attention``: attention weights rebuilt from queries and keys, for m
 
 from __future__ import annotations
 
-import inspect
-from collections.abc import Callable
-from typing import Any
-
 import torch
-from inseq.data import DecoderOnlyBatch, EncoderDecoderBatch, FeatureAttributionStepOutput
 from inseq.data.attribution import MultiDimensionalFeatureAttributionStepOutput
 
-from .base import ExtFeatureAttribution
-from .model_state import HookSet
-from .query_key_capture import QueryKeyCapture, attention_spec
+from .query_key_attribution import QueryKeyAttribution
 
 
-class RotaryAttentionAttribution(ExtFeatureAttribution):
-    r"""Attention weights of every layer and head, rebuilt from the model's rotated queries and keys.
+class RotaryAttentionAttribution(QueryKeyAttribution):
+    r"""Attention weights of every layer and head, rebuilt from the model's (rotated) queries and keys.
 
-    For generated token :math:`t` (predicted at position :math:`t - 1`), prefix token :math:`i`, layer :math:`l`
-    and head :math:`h` (Vaswani et al., 2017, https://arxiv.org/abs/1706.03762; rotary embedding :math:`R_p` of
-    Su et al., 2021, RoFormer, https://arxiv.org/abs/2104.09864):
+    For generated token :math:`t` (predicted at decoder position :math:`t - 1`), key token :math:`i`, layer
+    :math:`l` and head :math:`h` (Vaswani et al., 2017, https://arxiv.org/abs/1706.03762; rotary embedding
+    :math:`R_p` of Su et al., 2021, RoFormer, https://arxiv.org/abs/2104.09864, where the model has one):
 
     .. math::
         a_{i,t,l,h} = \operatorname{softmax}_i\left(s_l \, (R_{t-1} q^{(l,h)}_{t-1})^\top
-        (R_i k^{(l,g(h))}_i) + M_{t-1,i}\right)
+        (R_i k^{(l,g(h))}_i) + b^{(l,h)}_{t-1,i} + M_{t-1,i}\right)
 
     with :math:`s_l` the model's scaling, :math:`g(h)` the key head shared by query head :math:`h` (grouped-query
-    attention) and :math:`M` the causal, padding and sliding-window mask. These are the weights inseq's
-    ``attention`` method reads from ``output_attentions``, but they come from **one** forward pass with the model's
-    own attention implementation (SDPA, flash, ...): hooks (see :mod:`~inseq_ext.attr.query_key_capture`) record
-    the queries and keys of every layer, and only the rows of the attributed steps are rebuilt, so no
-    ``tokens x tokens`` matrix per layer is ever materialised. With a causal mask, the row of position :math:`t - 1`
-    in that pass is exactly the attention the model computes at that step of KV-cached generation.
+    attention), :math:`b` T5's relative position bias (zero elsewhere) and :math:`M` the causal, padding and
+    sliding-window mask (:mod:`~inseq_ext.attr.attention_scores`). These are the weights inseq's ``attention`` method
+    reads from ``output_attentions``, but they come from **one** forward pass with the model's own attention
+    implementation (SDPA, flash, ...): hooks (:mod:`~inseq_ext.attr.query_key_capture`) record the queries and keys
+    of every layer, and only the rows of the attributed steps are rebuilt, so no ``tokens x tokens`` matrix per layer
+    is materialised for decoder-only models. With a causal mask, the row of position :math:`t - 1` in that pass is
+    exactly the attention the model computes at that step of KV-cached generation.
 
-    Like inseq's ``attention``, the method does not depend on the attributed function or on how the tokens were
-    chosen (greedy, sampling or beam search: the weights of the final sequence are the same), runs once per batch
-    (a final-step method, so ``step_scores`` are refused as for ``attention``), and returns the same layout:
-    ``target_attributions`` of shape ``(prefix, generated tokens, layers, heads)`` per sequence, whose default
-    aggregation (``out.aggregate()``, ``out.show()``) is the mean over layers then heads, i.e. the "mean group"
-    view. The raw per-layer, per-head scores are the unaggregated tensors
-    (``out.sequence_attributions[i].target_attributions``; layer ``l``, head ``h``: ``[..., l, h]``).
+    Output, as inseq's ``attention`` (same layout and numbers, checked against it on eager copies):
 
-    Supported: decoder-only families whose adapter has an :class:`~inseq_ext.adapters.AttentionSpec` (Llama,
-    Mistral, Qwen2, Qwen3, GPT-NeoX, Phi, and GPT-2, where there is no rotary embedding and the scores are plain
-    :math:`q k^\top`); anything else raises a ``ValueError`` when the method is loaded.
+    * decoder-only: ``target_attributions`` of shape ``(prefix, generated tokens, layers, heads)`` per sequence;
+    * encoder-decoder: ``source_attributions`` = cross-attention ``(source, generated, layers, heads)``;
+      ``target_attributions`` = decoder self-attention ``(target prefix, generated, layers, heads)`` with
+      ``attribute_target=True``; ``sequence_scores["encoder_self_attentions"]`` ``(source keys, source queries,
+      layers, heads)`` and, without ``attribute_target``, ``sequence_scores["decoder_self_attentions"]``.
+
+    The default aggregation (``out.aggregate()``, ``out.show()``) is the mean over layers then heads (the "mean
+    group" view); the raw per-layer, per-head scores are the unaggregated tensors
+    (``out.sequence_attributions[i].target_attributions[..., l, h]``).
+
+    Like inseq's ``attention`` the weights do not depend on the attributed function or on how the tokens were chosen
+    (greedy, sampling or beam search: the weights of the final sequence are the same). Unlike it, the method serves
+    inseq's per-step loop where needed (see :mod:`~inseq_ext.attr.query_key_attribution`), so
+    ``step_scores=["probability", ...]`` work and are computed from the same pass's logits.
+
+    Supported: the families whose adapter describes their attention (Llama, Mistral, Qwen2, Qwen3, GPT-NeoX, Phi,
+    GPT-2 without rotary embedding; BART, Marian, mBART and T5 encoder-decoders); anything else raises a
+    ``ValueError`` naming them when the method is loaded.
     """
 
     method_name = "rotary_attention"
 
-    def __init__(self, attribution_model, **kwargs: Any) -> None:
-        if attribution_model.is_encoder_decoder:
-            raise ValueError(
-                "rotary_attention supports decoder-only models; for encoder-decoder models use inseq's 'attention'."
-            )
-        attention_spec(attribution_model.model)  # fails early, naming the supported families
-        super().__init__(attribution_model, **kwargs)
-        # As inseq's ``attention``: independent of the attributed function, computed once at the final step.
-        self.use_predicted_target = False
-        self.is_final_step_method = True
-        self.query_steps: range | None = None
-
-    def begin_batch(
-        self,
-        batch: DecoderOnlyBatch | EncoderDecoderBatch,
-        attributed_fn: Callable[..., torch.Tensor],
-        steps: range,
-        attribute_target: bool,
-        attribution_args: dict[str, Any],
-        attributed_fn_args: dict[str, Any],
-    ) -> None:
-        self.query_steps = steps
+    def begin_batch(self, batch, attributed_fn, steps, attribute_target, attribution_args, attributed_fn_args) -> None:
+        super().begin_batch(batch, attributed_fn, steps, attribute_target, attribution_args, attributed_fn_args)
+        self.weights: dict[str, torch.Tensor] = {}
 
     def end_batch(self) -> None:
-        self.query_steps = None
+        super().end_batch()
+        self.weights = {}
 
-    def attribute_step(
-        self, attribute_fn_main_args: dict[str, Any], attribution_args: dict[str, Any] = {}
-    ) -> MultiDimensionalFeatureAttributionStepOutput:
-        """One forward pass over the whole prefix, then the attention rows of every attributed step.
+    def _rebuild(self) -> dict[str, torch.Tensor]:
+        """Every tensor the batch's steps read, in inseq's ``(batch, keys, queries, layers, heads)`` layout."""
+        attention_pass = self.attention_pass
+        rows = attention_pass.query_positions
+        weights = {}
+        whole_decoder = attention_pass.is_encoder_decoder and not self.attribute_target
+        decoder = attention_pass.attention("decoder", None if whole_decoder else rows)
+        weights["decoder"] = decoder.permute(0, 4, 3, 1, 2)
+        if attention_pass.is_encoder_decoder:
+            weights["cross"] = attention_pass.attention("cross", rows).permute(0, 4, 3, 1, 2)
+            weights["encoder"] = attention_pass.attention("encoder").permute(0, 4, 3, 1, 2)
+        return weights
 
-        Returns ``target_attributions`` of shape ``(batch, prefix, steps, layers, heads)``: column ``j`` is step
-        ``query_steps[j]`` (:meth:`_build_multistep_output_from_single_step` splits it into inseq's steps).
-        """
-        (input_embeds,) = attribute_fn_main_args["inputs"]
-        attention_mask = attribute_fn_main_args["additional_forward_args"][3]
-        model = self.attribution_model.model
-        # A HookSet of its own: the capture hooks come off right after the pass, before inseq's loop goes on.
-        hooks = HookSet()
-        # Only the attention layers are needed: the language-model head runs on one position (where the model
-        # takes ``logits_to_keep``), not on every position of a long prompt.
-        head_kwargs = {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(model.forward).parameters else {}
-        try:
-            capture = QueryKeyCapture(model, hooks)
-            with torch.no_grad():
-                model(inputs_embeds=input_embeds, attention_mask=attention_mask, use_cache=False, **head_kwargs)
-        finally:
-            hooks.remove_all()
-        positions = torch.tensor([step - 1 for step in self.query_steps])
-        weights = capture.attention(query_positions=positions, attention_mask=attention_mask)
-        # (batch, layers, heads, steps, prefix) -> inseq's (batch, prefix, steps, layers, heads)
-        target = weights.permute(0, 4, 3, 1, 2).to(input_embeds.dtype)
+    def _weights(self) -> dict[str, torch.Tensor]:
+        if not self.weights:
+            self.weights = self._rebuild()
+        return self.weights
+
+    def all_steps_output(self, rows: torch.Tensor) -> MultiDimensionalFeatureAttributionStepOutput:
+        """Every step's rows: ``(rows, prefix, steps, layers, heads)`` (decoder-only)."""
         return MultiDimensionalFeatureAttributionStepOutput(
-            source_attributions=None, target_attributions=target, _num_dimensions=2
+            target_attributions=self._weights()["decoder"][rows], _num_dimensions=2
         )
 
-    def _build_multistep_output_from_single_step(
-        self,
-        single_step_output: FeatureAttributionStepOutput,
-        attr_pos_start: int,
-        attr_pos_end: int,
-    ) -> list[FeatureAttributionStepOutput]:
-        """inseq's split of a final-step output into steps, reading each step's column of the compact output."""
-        if single_step_output.step_scores:
-            raise ValueError("step_scores are not supported for final step attribution methods.")
-        if self.query_steps is None or list(self.query_steps) != list(range(attr_pos_start, attr_pos_end)):
-            raise RuntimeError(f"Attributed steps {self.query_steps} differ from [{attr_pos_start}, {attr_pos_end}).")
-        prefix = single_step_output.prefix
-        steps = []
-        for column, position in enumerate(range(attr_pos_start, attr_pos_end)):
-            step_output = single_step_output.clone_empty()
-            step_output.source = single_step_output.source
-            step_output.prefix = [tokens[:position] for tokens in prefix]
-            # The last step's target is the one inseq's loop attached; earlier targets are read from the prefix.
-            step_output.target = (
-                single_step_output.target
-                if position == attr_pos_end - 1
-                else [[tokens[position]] for tokens in prefix]
+    def step_output(self, step: int, rows: torch.Tensor) -> MultiDimensionalFeatureAttributionStepOutput:
+        """The rows of ``step``: ``(rows, keys, layers, heads)`` attributions, sequence scores at the first step."""
+        weights, attention_pass = self._weights(), self.attention_pass
+        column = attention_pass.column(step)
+        if not attention_pass.is_encoder_decoder:
+            return MultiDimensionalFeatureAttributionStepOutput(
+                target_attributions=weights["decoder"][rows, :step, column], _num_dimensions=2
             )
-            step_output.target_attributions = single_step_output.target_attributions[:, :position, column]
-            if single_step_output.sequence_scores is not None:
-                step_output.sequence_scores = single_step_output.sequence_scores
-            steps.append(step_output)
-        single_step_output.step_scores = {}
-        return steps
+        sequence_scores = {}
+        if self.is_first_step:  # inseq reads sequence-level scores from the first step's output
+            sequence_scores["encoder_self_attentions"] = weights["encoder"][rows]
+        if self.attribute_target:
+            target = weights["decoder"][rows, :step, column]
+        else:
+            target = None
+            if self.is_first_step:
+                sequence_scores["decoder_self_attentions"] = weights["decoder"][rows]
+        return MultiDimensionalFeatureAttributionStepOutput(
+            source_attributions=weights["cross"][rows, :, column],
+            target_attributions=target,
+            sequence_scores=sequence_scores,
+            _num_dimensions=2,
+        )

@@ -25,8 +25,10 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from ..demo_models import DEMO_MODEL_NAMES, ENCODER_DECODER_DEMO_MODEL_NAMES, demo_model, demo_probes
 from .hit_rates import (
+    EAGER_ATTENTION_METHODS,
     RANDOM_BASELINE,
     GroundTruthResult,
+    attention_implementation,
     check_methods,
     markdown_table,
     quiet_inseq_logging,
@@ -41,15 +43,15 @@ DEFAULT_METHODS = (
     "integrated_gradients",
     "attention",
     "rotary_attention",
+    "attention_rollout",
     "block_gradient_x_input",
+    "attnlrp",
     RANDOM_BASELINE,
 )
 TASKS = ("facts", "sentiment", "lookup", "copy")
-# Methods that read attention weights from ``output_attentions``, which PyTorch's fused (SDPA) attention does not
-# return; every other method (``rotary_attention`` included, which rebuilds the weights) runs on the SDPA model.
-EAGER_ATTENTION_METHODS = frozenset({"attention"})
 # Methods for decoder-only models: left out for the encoder-decoder demo model when several models are evaluated.
-DECODER_ONLY_METHODS = frozenset({"rotary_attention"})
+# None at present: rotary_attention and attention_rollout rebuild encoder-decoder attention too.
+DECODER_ONLY_METHODS: frozenset[str] = frozenset()
 
 
 def load_for_evaluation(name: str, attn_implementation: str = "sdpa") -> inseq.models.AttributionModel:
@@ -134,7 +136,7 @@ def evaluate_model(
     with quiet_inseq_logging():
         for method in methods:
             started = time.perf_counter()
-            implementation = "eager" if method in EAGER_ATTENTION_METHODS else "sdpa"
+            implementation = attention_implementation(method)
             if implementation not in loaded:
                 loaded[implementation] = load_for_evaluation(name, implementation)
             attribution_model = loaded[implementation]

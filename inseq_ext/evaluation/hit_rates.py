@@ -16,6 +16,15 @@ from dataclasses import dataclass, field
 import inseq
 
 RANDOM_BASELINE = "random"
+# Methods that read attention weights from ``output_attentions``, which PyTorch's fused (SDPA) attention does not
+# return: evaluated on an eager copy. Every other method (``rotary_attention`` and ``attention_rollout`` included,
+# which rebuild the weights from queries and keys) runs on the SDPA model a user gets by default.
+EAGER_ATTENTION_METHODS = frozenset({"attention"})
+
+
+def attention_implementation(method: str) -> str:
+    """``"eager"`` for the methods that need ``output_attentions``, ``"sdpa"`` for the others."""
+    return "eager" if method in EAGER_ATTENTION_METHODS else "sdpa"
 
 
 @dataclass

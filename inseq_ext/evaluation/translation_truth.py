@@ -28,7 +28,14 @@ import torch
 from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
 from ..demo_models import demo_model, demo_probes
-from .hit_rates import RANDOM_BASELINE, GroundTruthResult, check_methods, quiet_inseq_logging, summarize_hits
+from .hit_rates import (
+    RANDOM_BASELINE,
+    GroundTruthResult,
+    attention_implementation,
+    check_methods,
+    quiet_inseq_logging,
+    summarize_hits,
+)
 
 TRANSLATION_MODEL = "translation"
 WORD_CLASSES = ("det", "noun", "adj", "verb", "adv")
@@ -38,6 +45,9 @@ DEFAULT_TRANSLATION_METHODS = (
     "input_x_gradient",
     "integrated_gradients",
     "attention",
+    "attnlrp",
+    "rotary_attention",
+    "attention_rollout",
     RANDOM_BASELINE,
 )
 # inseq's first generation step of an encoder-decoder predicts "<s>" after the decoder start token; target word i
@@ -45,10 +55,13 @@ DEFAULT_TRANSLATION_METHODS = (
 FIRST_WORD_STEP = 1
 
 
-def load_translation_model(name: str = TRANSLATION_MODEL) -> inseq.models.AttributionModel:
-    """The translation demo model wrapped by inseq, with eager attention so ``attention`` can read the weights."""
+def load_translation_model(
+    name: str = TRANSLATION_MODEL, attn_implementation: str = "eager"
+) -> inseq.models.AttributionModel:
+    """The translation demo model wrapped by inseq: ``"eager"`` attention for ``attention`` (which reads the
+    weights), ``"sdpa"`` (the Hugging Face default) for the other methods."""
     directory = demo_model(name)
-    model = AutoModelForSeq2SeqLM.from_pretrained(directory, attn_implementation="eager").eval()
+    model = AutoModelForSeq2SeqLM.from_pretrained(directory, attn_implementation=attn_implementation).eval()
     return inseq.load_model(model, "saliency", tokenizer=AutoTokenizer.from_pretrained(directory))
 
 
@@ -110,12 +123,16 @@ def evaluate_translation(
     if probes is not None and probes < 1:
         raise ValueError(f"probes must be a positive number, got {probes}.")
     selected = demo_probes(name)[:probes]
-    attribution_model = load_translation_model(name)
-    special = set(attribution_model.tokenizer.all_special_tokens)
+    loaded: dict[str, inseq.models.AttributionModel] = {}
     results = []
     with quiet_inseq_logging():
         for method in methods:
             started = time.perf_counter()
+            implementation = attention_implementation(method)
+            if implementation not in loaded:
+                loaded[implementation] = load_translation_model(name, implementation)
+            attribution_model = loaded[implementation]
+            special = set(attribution_model.tokenizer.all_special_tokens)
             hits: list[float] = []
             classes: list[str] = []
             for probe in selected:
