@@ -7,7 +7,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.inseq_ext-installed
 
-.PHONY: setup demo test bench docs demo-models clean
+.PHONY: setup demo test bench bench-long docs demo-models clean
 
 setup: $(STAMP)
 
@@ -32,6 +32,11 @@ bench: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) benchmarks/bench_rotary_attention.py
 	HF_HUB_OFFLINE=1 $(PY) benchmarks/bench_attnlrp.py
 	HF_HUB_OFFLINE=1 $(PY) benchmarks/bench_dataset.py
+
+# Long prompts (512 to 4,096 tokens) and bf16/fp16 closeness: long (hours on 2 shared cores; --lengths for less).
+bench-long: $(STAMP)
+	HF_HUB_OFFLINE=1 $(PY) benchmarks/bench_long_context.py
+	HF_HUB_OFFLINE=1 $(PY) benchmarks/bench_precision.py
 
 docs: $(STAMP)
 	$(PY) -m mkdocs build --strict --site-dir out/site

@@ -16,34 +16,10 @@ import time
 
 import inseq
 import torch
+from bench_common import make_texts
 
 import inseq_ext  # noqa: F401  (registers custom_saliency)
 from inseq_ext.tiny_models import build_model, build_tokenizer
-
-
-def make_texts(tokenizer, prompt_tokens: int, new_tokens: int) -> tuple[str, str]:
-    """A prompt of ``prompt_tokens`` tokens and a forced text ``new_tokens`` tokens longer, stable under re-tokenizing.
-
-    Byte-level BPE never merges across a space, so appending `` word`` adds that word's own tokens.
-    """
-    words = "the model reads every token of the prompt before it writes the next word of its answer".split()
-
-    def count(text: str) -> int:
-        return len(tokenizer(text).input_ids)
-
-    def extend(text: str, budget: int) -> str:
-        idx = 0
-        while count(text) < budget:
-            word = words[idx % len(words)]
-            idx += 1
-            if count(text + " " + word) <= budget:
-                text += " " + word
-            elif count(text + " a") <= budget:
-                text += " a"
-        return text
-
-    prompt = extend("Hello", prompt_tokens)
-    return prompt, extend(prompt, prompt_tokens + new_tokens)
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:

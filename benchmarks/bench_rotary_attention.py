@@ -11,11 +11,8 @@ prompts (the development machine is shared and noisy) and of one run for the 2,0
 ``attention`` needs ``output_attentions``, so it gets a copy of the model with eager attention; ``rotary_attention``
 runs the model with its default SDPA attention.
 
-Peak memory: a background thread samples the process's resident set size (``/proc/self/statm``) every 2 ms while
-one run is in progress; the figure (the largest over the runs) is the highest sample minus the resident size
-measured just before the run (after ``gc.collect()`` and glibc's ``malloc_trim(0)``, which hands freed heap memory
-back to the system, so that a previous run's freed memory does not hide this one's). Short spikes between two
-samples can be missed.
+Peak memory: resident set size above the level before the run, sampled every 2 ms (``bench_common.PeakResidentMemory``;
+the figure is the largest over the runs).
 
 CPU time (``time.process_time``, all threads of the process) is printed beside the wall-clock time: on a shared,
 busy machine it varies less. The script prints the times and peak memories, their ratios (inseq / ours: above 1
@@ -29,64 +26,14 @@ Usage: python benchmarks/bench_rotary_attention.py [--prompt-tokens 100 2000] [-
 from __future__ import annotations
 
 import argparse
-import ctypes
-import gc
 import logging
-import os
-import threading
 import time
 
 import inseq
 import torch
-from bench_custom_saliency import make_texts
+from bench_common import LLAMA_BENCH_SIZE, PeakResidentMemory, llama_benchmark_models, make_texts
 
 import inseq_ext  # noqa: F401  (registers rotary_attention and attention_rollout)
-from inseq_ext.tiny_models import build_model, build_tokenizer
-
-PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
-
-
-def resident_bytes() -> int:
-    with open("/proc/self/statm") as statm:
-        return int(statm.read().split()[1]) * PAGE_SIZE
-
-
-def release_freed_memory() -> None:
-    gc.collect()
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc: the baseline may then include freed memory
-        pass
-
-
-class PeakResidentMemory:
-    """Highest resident set size above the level at entry, sampled by a background thread."""
-
-    def __init__(self, interval_s: float = 0.002) -> None:
-        self.interval_s = interval_s
-        self.baseline = self.peak = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._sample, daemon=True)
-
-    def _sample(self) -> None:
-        while not self._stop.is_set():
-            self.peak = max(self.peak, resident_bytes())
-            time.sleep(self.interval_s)
-
-    def __enter__(self) -> PeakResidentMemory:
-        release_freed_memory()
-        self.baseline = self.peak = resident_bytes()
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join()
-        self.peak = max(self.peak, resident_bytes())
-
-    @property
-    def above_baseline_mib(self) -> float:
-        return (self.peak - self.baseline) / 2**20
 
 
 def measured_run(attribution_model, prompt: str, full: str, method: str):
@@ -113,11 +60,8 @@ def main() -> None:
     )
     args = parser.parse_args()
     logging.disable(logging.WARNING)
-    tokenizer = build_tokenizer(vocab_size=384, add_bos=True)
-    size = {"hidden": 512, "layers": 8, "heads": 8, "kv_heads": 2, "ffn": 1536, "max_positions": 4096}
-    size["vocab_size"] = max(args.vocab, len(tokenizer))
-    sdpa_model, _ = build_model("llama", tokenizer=tokenizer, **size)
-    eager_model, _ = build_model("llama", tokenizer=tokenizer, attn_implementation="eager", **size)
+    sdpa_model, eager_model, tokenizer = llama_benchmark_models(max_positions=4096, vocab_size=args.vocab)
+    size = {**LLAMA_BENCH_SIZE, "vocab_size": sdpa_model.config.vocab_size}
     ours = inseq.load_model(sdpa_model, "rotary_attention", tokenizer=tokenizer)
     theirs = inseq.load_model(eager_model, "attention", tokenizer=tokenizer)
     # Warm-up at the first size: the first call at a new shape pays one-off costs (kernel selection, allocator).

@@ -273,8 +273,14 @@ def test_without_checkpoints_the_files_are_the_same(reference, data_file, model,
     tables_equal(reference, tmp_path / "run")
 
 
+#: Pause added to every forward pass of a killed child, so that a run lasts long enough on any machine for the
+#: kills to land mid-run (the scores do not change). Without it a fast machine finishes before the second kill.
+CHILD_FORWARD_PAUSE_S = 0.03
+
+
 def _attribute_in_child(data_file: Path, out: Path, model) -> None:
     torch.set_num_threads(1)
+    model.model.register_forward_pre_hook(lambda module, args: time.sleep(CHILD_FORWARD_PAUSE_S))
     attribute_dataset(data_file, out, model=model, show_progress=False, **RUN_OPTIONS)
     os._exit(0)
 
@@ -300,7 +306,8 @@ def test_killed_runs_resume_to_the_uninterrupted_output(reference, data_file, mo
                 process.kill()
                 pytest.fail("no shard written in 120 s")
             time.sleep(0.01)
-        time.sleep(chooser.uniform(0.0, 0.8))
+        # A shard takes several paused forward passes (> 0.15 s): at most a few more shards before the kill.
+        time.sleep(chooser.uniform(0.0, 0.3))
         if process.is_alive():
             os.kill(process.pid, signal.SIGKILL)
             kills += 1

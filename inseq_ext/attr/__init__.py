@@ -7,6 +7,7 @@ from .base import ExtFeatureAttribution
 from .block_gradient_x_input import BlockGradientXInputAttribution, BlockGradientXInputSequenceOutput
 from .custom_saliency import CustomSaliencyAttribution, SaliencyOptions, normalized_saliency
 from .gradient_attribution import StepGradientAttribution
+from .memory_budget import MemoryPlan, parse_memory
 from .model_state import HookSet, ModelSnapshot, preserved_model_state
 from .query_key_attribution import QueryKeyAttribution
 from .query_key_capture import QueryKeyCapture, capture_queries_keys, rebuild_attention
@@ -21,10 +22,12 @@ __all__ = [
     "CustomSaliencyAttribution",
     "ExtFeatureAttribution",
     "HookSet",
+    "MemoryPlan",
     "StepGradientAttribution",
     "ModelSnapshot",
     "SaliencyOptions",
     "normalized_saliency",
+    "parse_memory",
     "preserved_model_state",
     "QueryKeyAttribution",
     "QueryKeyCapture",

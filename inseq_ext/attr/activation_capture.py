@@ -51,6 +51,10 @@ class ActivationCapture:
         finally:
             self._active = False
 
+    def clear(self) -> None:
+        """Drop the recorded outputs (and the graph they keep alive)."""
+        self._recorded = [None] * len(self._recorded)
+
     def tensors(self) -> tuple[torch.Tensor, ...]:
         """The outputs recorded by the last :meth:`recording` block, in module order."""
         missing = [idx for idx, tensor in enumerate(self._recorded) if tensor is None]

@@ -24,6 +24,7 @@ from inseq.data import DecoderOnlyBatch, EncoderDecoderBatch, FeatureAttribution
 from inseq.utils import Registry
 
 from .model_state import HookSet, preserved_model_state
+from .precision import upcast_logits
 
 
 class ExtFeatureAttribution(FeatureAttribution, Registry):
@@ -70,6 +71,8 @@ class ExtFeatureAttribution(FeatureAttribution, Registry):
         """inseq's generation-aware attribution loop, run inside a guard that restores the model afterwards."""
         with preserved_model_state(self.attribution_model.model) as hooks:
             self.hooks = hooks
+            # bfloat16/float16 models: step functions (softmax over the vocabulary) run on float32 logits.
+            upcast_logits(self.attribution_model.model, hooks)
             try:
                 self.begin_batch(
                     batch,

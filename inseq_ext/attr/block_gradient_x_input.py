@@ -15,6 +15,7 @@ from inseq.data.attribution import (
 from ..adapters import BlockStacks, get_adapter, resolve_module_list
 from .activation_capture import ActivationCapture
 from .gradient_attribution import StepGradientAttribution, check_single_forward
+from .memory_budget import parse_memory
 
 LAYER_DIMENSION_NAME = "Layer (0 = embeddings, l = block l-1)"
 
@@ -113,11 +114,14 @@ class BlockOptions:
             family when omitted.
         encoder_blocks: Attribute path of the encoder's block list (encoder-decoder models).
         single_forward: As for ``custom_saliency``: ``None`` (automatic), ``True`` or ``False``.
+        max_memory: As for ``custom_saliency``: bytes, a string such as ``"2GB"``, or ``None`` (a share of the
+            free memory).
     """
 
     blocks: str | None = None
     encoder_blocks: str | None = None
     single_forward: bool | None = None
+    max_memory: int | float | str | None = None
 
     def __post_init__(self) -> None:
         for name in ("blocks", "encoder_blocks"):
@@ -125,6 +129,7 @@ class BlockOptions:
             if value is not None and not isinstance(value, str):
                 raise ValueError(f"{name} must be an attribute path such as 'model.layers'; got {value!r}.")
         check_single_forward(self.single_forward)
+        parse_memory(self.max_memory)
 
 
 def find_block_stacks(model: torch.nn.Module, is_encoder_decoder: bool, options: BlockOptions) -> BlockStacks:

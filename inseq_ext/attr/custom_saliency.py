@@ -11,6 +11,7 @@ from inseq.attr.feat.attribution_utils import get_source_target_attributions
 from inseq.data import CoarseFeatureAttributionStepOutput
 
 from .gradient_attribution import StepGradientAttribution, check_single_forward
+from .memory_budget import parse_memory
 
 #: Vector norms over the embedding dimension, by name.
 NORMS: dict[str, float] = {"l2": 2.0, "l1": 1.0, "linf": math.inf}
@@ -28,11 +29,14 @@ class SaliencyOptions:
             ``"max"``: the largest is 1; ``None``: raw magnitudes. ``True``/``False`` are read as ``"sum"``/``None``.
         single_forward: ``None`` (default): serve all steps from one forward pass when the step function allows
             it; ``True``/``False``: force that path on or off.
+        max_memory: Memory budget of the single forward pass and its backward passes: bytes or a string such as
+            ``"2GB"``; ``None`` (default): a share of the free memory (see :mod:`inseq_ext.attr.memory_budget`).
     """
 
     norm: str = "l2"
     normalize: str | None = "sum"
     single_forward: bool | None = None
+    max_memory: int | float | str | None = None
 
     def __post_init__(self) -> None:
         if self.norm not in NORMS:
@@ -44,6 +48,7 @@ class SaliencyOptions:
             choices = ", ".join(repr(n) for n in NORMALIZATIONS)
             raise ValueError(f"Unknown normalize {self.normalize!r} for custom_saliency; valid choices: {choices}.")
         check_single_forward(self.single_forward)
+        parse_memory(self.max_memory)
 
     @classmethod
     def from_args(cls, args: dict[str, Any]) -> SaliencyOptions:

@@ -11,7 +11,9 @@ from inseq.utils import Registry
 
 from .activation_capture import ActivationCapture
 from .base import ExtFeatureAttribution
-from .step_gradients import SingleForwardGradients, per_step_gradients, supports_single_forward
+from .memory_budget import MemoryPlan, is_out_of_memory, parse_memory
+from .precision import GradientScale, model_dtype
+from .step_gradients import PerStepFallback, SingleForwardGradients, per_step_gradients, supports_single_forward
 
 
 def check_single_forward(value: Any) -> bool | None:
@@ -29,12 +31,19 @@ class StepGradientAttribution(ExtFeatureAttribution, Registry):
     forward pass over the full sequences; custom step functions get one forward pass per step, exactly as inseq's
     own methods. ``single_forward=True`` forces the fast path and ``False`` the per-step one. Subclasses that also
     need activations return an :class:`ActivationCapture` from :meth:`activation_capture`.
+
+    ``max_memory`` (bytes or a string such as ``"2GB"``; default: a share of the free memory) bounds the single
+    forward pass and its vectorized backward passes; out of memory, the method retries with fewer steps per
+    backward pass and finally one forward pass per step (:mod:`~inseq_ext.attr.memory_budget`). After each batch,
+    :attr:`last_memory_plan` tells how the gradients were computed.
     """
 
     def __init__(self, attribution_model, **kwargs) -> None:
         super().__init__(attribution_model, **kwargs)
         self.single_forward: SingleForwardGradients | None = None
         self.capture: ActivationCapture | None = None
+        self.scale: GradientScale | None = None
+        self.last_memory_plan: MemoryPlan | None = None
 
     def activation_capture(self, attribute_target: bool, attribution_args: dict[str, Any]) -> ActivationCapture | None:
         """Activations to differentiate with respect to, besides the inputs. None by default."""
@@ -50,6 +59,7 @@ class StepGradientAttribution(ExtFeatureAttribution, Registry):
         attributed_fn_args: dict[str, Any],
     ) -> None:
         self.capture = self.activation_capture(attribute_target, attribution_args)
+        self.scale = GradientScale(model_dtype(self.attribution_model.model))
         requested = check_single_forward(attribution_args.get("single_forward"))
         use_single_forward = supports_single_forward(attributed_fn) if requested is None else requested
         if use_single_forward:
@@ -61,17 +71,35 @@ class StepGradientAttribution(ExtFeatureAttribution, Registry):
                 steps,
                 attribute_target,
                 capture=self.capture,
+                max_memory=parse_memory(attribution_args.get("max_memory")),
+                scale=self.scale,
             )
+            self.last_memory_plan = self.single_forward.plan
+        else:
+            reason = "per-step forward passes (single_forward=False or a custom step function)"
+            self.last_memory_plan = MemoryPlan(budget=None, steps_per_backward=0, events=[reason])
 
     def end_batch(self) -> None:
         if self.single_forward is not None:
             self.single_forward.release()
-        self.single_forward = self.capture = None
+        self.single_forward = self.capture = self.scale = None
 
     def step_gradients(
         self, attribute_fn_main_args: dict[str, Any]
     ) -> tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor, ...]]:
         """``(gradients, values)`` of the current step: inputs (source, then target prefix), then activations."""
         if self.single_forward is not None:
-            return self.single_forward.gradients(self.current_step, self.current_rows)
-        return per_step_gradients(self.attribution_model, attribute_fn_main_args, self.capture)
+            try:
+                return self.single_forward.gradients(self.current_step, self.current_rows)
+            except PerStepFallback:
+                self.single_forward = None  # released by the engine; the plan records why
+        try:
+            return per_step_gradients(self.attribution_model, attribute_fn_main_args, self.capture, self.scale)
+        except Exception as error:
+            if is_out_of_memory(error):
+                error.add_note(
+                    "inseq_ext: out of memory with one forward and one backward pass per step, the least memory "
+                    "a gradient method needs; attribute a shorter prompt, fewer sequences per batch, or load the "
+                    "model in bfloat16."
+                )
+            raise
