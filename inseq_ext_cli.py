@@ -523,6 +523,12 @@ def add_evaluate_command(commands: argparse._SubParsersAction) -> None:
         metavar="FILE.png",
         help="deletion/insertion curves as PNG: FILE for one method, FILE_METHOD.png for several",
     )
+    evaluate.add_argument(
+        "--html",
+        type=output_file,
+        metavar="FILE",
+        help="write one explorer with every method's map and its faithfulness scores in the method menu",
+    )
     _add_faithfulness_options(evaluate, "comprehensiveness,sufficiency,soft_comprehensiveness,soft_sufficiency")
     evaluate.set_defaults(handler="inseq_ext.evaluation.cli_evaluate:run_evaluate")
 

@@ -26,13 +26,18 @@ def evaluate_run(tmp_path_factory):
         + json.dumps({"prompt": "The code is pear white stone. Once more, the code is", "continuation": " pear"})
         + "\n"
     )
-    paths = {"json": folder / "r.json", "markdown": folder / "r.md", "plot": folder / "curves.png"}
+    paths = {
+        "json": folder / "r.json",
+        "markdown": folder / "r.md",
+        "plot": folder / "curves.png",
+        "html": folder / "explorer.html",
+    }
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         status = cli.main(
             ["evaluate", "--prompts", str(prompts), "--model", "demo:llama", "--methods", "custom_saliency,attention",
              "--max-new-tokens", "3", "--bootstrap", "200", "--json", str(paths["json"]), "--markdown",
-             str(paths["markdown"]), "--plot", str(paths["plot"])]
+             str(paths["markdown"]), "--plot", str(paths["plot"]), "--html", str(paths["html"])]
         )  # fmt: skip
     return status, out.getvalue(), err.getvalue(), paths
 
@@ -66,14 +71,41 @@ def test_evaluate_writes_json_markdown_and_one_plot_per_method(evaluate_run):
         assert (paths["plot"].parent / f"curves_{method}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_evaluate_translation_skips_decoder_only_methods(capsys):
+def test_evaluate_explorer_shows_each_methods_faithfulness_beside_its_map(evaluate_run):
+    """--html: one page, a method menu over both maps of each prompt, each map's per-prompt faithfulness."""
+    status, _, _, paths = evaluate_run
+    assert status == 0
+    page = paths["html"].read_text()
+    data = page.split('<script type="application/json" id="explorer-data">', 1)[1].split("</script>", 1)[0]
+    payload = json.loads(data.replace("<\\/", "</"))
+    values = json.loads(paths["json"].read_text())["results"]
+    entries = payload["sequences"]
+    assert len(entries) == 2  # one entry per prompt
+    for index, entry in enumerate(entries):
+        assert [method["label"] for method in entry["methods"]] == list(values)  # ranked order
+        for method in entry["methods"]:
+            tokens = values[method["label"]]["metrics"]["comprehensiveness"]["values"][index]
+            expected = sum(tokens) / len(tokens)
+            assert method["metrics"]["comp AOPC"] == pytest.approx(expected, abs=1e-3)
+
+
+def test_evaluate_translation_scores_rebuilt_and_eager_attention_alike(capsys, tmp_path):
+    """Encoder-decoder: the source is perturbed; rotary_attention (SDPA, rebuilt cross-attention) and inseq's
+    attention (eager copy) give the same maps, hence the same values."""
     status, out, err = run_cli(
         capsys, "evaluate", "this small baker helps a green teacher .", "--model", "demo:translation", "--methods",
         "attention,rotary_attention", "--bootstrap", "0", "--random-seeds", "1", "--metrics", "comprehensiveness",
+        "--json", str(tmp_path / "r.json"),
     )  # fmt: skip
     assert status == 0, err
-    assert "rotary_attention: skipped" in err
-    assert [line.split()[1] for line in out.splitlines() if line[:1].isdigit()] == ["attention"]
+    assert "rotary_attention: attributed" in err and "attention: attributed" in err
+    assert sorted(line.split()[1] for line in out.splitlines() if line[:1].isdigit()) == [
+        "attention",
+        "rotary_attention",
+    ]
+    results = json.loads((tmp_path / "r.json").read_text())["results"]
+    eager, rebuilt = (results[m]["metrics"]["comprehensiveness"]["values"] for m in ("attention", "rotary_attention"))
+    assert len(eager[0]) > 3 and eager[0] == pytest.approx(rebuilt[0], abs=1e-6)
 
 
 @pytest.mark.parametrize(

@@ -119,6 +119,25 @@ def _first_line(error: BaseException) -> str:
     return f"{type(error).__name__}: {text.splitlines()[0][:160]}" if text else type(error).__name__
 
 
+def write_faithfulness_explorer(comparison: Any, attributions: dict[str, list[Any]], label: str, path: Path) -> None:
+    """One explorer page: each prompt's generation with a method menu, each method's faithfulness beside its map.
+
+    The values are the method's per-generation means (``MethodComparison.explorer_metrics(per_generation=True)``).
+    """
+    from ..views.explorer import write_explorer
+
+    methods = list(comparison.results)
+    generations = [
+        {method: attributions[method][i] for method in methods} for i in range(len(attributions[methods[0]]))
+    ]
+    write_explorer(
+        generations,
+        path,
+        title=f"inseq_ext explorer: {', '.join(methods)} on {label}, with faithfulness",
+        metrics=comparison.explorer_metrics(per_generation=True),
+    )
+
+
 # --------------------------------------------------------------------------------------------------------------
 # Handlers
 # --------------------------------------------------------------------------------------------------------------
@@ -199,6 +218,9 @@ def run_evaluate(args: argparse.Namespace) -> None:
     payload = {"model": label, "prompts": [entry.prompt for entry in entries], "targets": targets,
                **comparison.to_dict()}  # fmt: skip
     _write_text_outputs(args, comparison.table(markdown=True), payload)
+    if args.html is not None:
+        write_output(args.html, "--html", lambda temporary: write_faithfulness_explorer(comparison, attributions,
+                     label, temporary))  # fmt: skip
     if args.plot is not None:
         for method, path in plot_paths(args.plot, list(comparison.results)).items():
             write_output(path, "--plot", lambda temporary, m=method: comparison.results[m].plot_curves(temporary),

@@ -106,11 +106,11 @@ def demo_comparison(
     methods = list(methods) if methods is not None else default_demo_methods()
     probes = _probes(name, per_task)
     rationales, steps = _rationales_and_steps(name, probes)
-    scoring_model = _load(name, "sdpa")
     outputs: dict[str, list[Any]] = {}
     failures: dict[str, str] = {}
     seconds: dict[str, float] = {}
     with quiet_inseq_logging():
+        scoring_model = _load(name, "sdpa")
         for method in methods:
             if name in ENCODER_DECODER_DEMO_MODEL_NAMES and method in DECODER_ONLY_METHODS:
                 failures[method] = "a method for decoder-only models"
