@@ -120,7 +120,7 @@ FAITHFULNESS_METRICS = (
     "token_f1",
     "auprc",
 )
-EVALUATE_METHODS = ("custom_saliency", "saliency", "integrated_gradients", "attention", "rotary_attention")
+EVALUATE_METHODS = ("custom_saliency", "saliency", "integrated_gradients", "attention", "rotary_attention", "attnlrp")
 
 
 class CLIError(Exception):

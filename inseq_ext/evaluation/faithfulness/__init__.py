@@ -6,6 +6,7 @@ proportion to importance (Soft-NC/Soft-NS; Zhao & Aletras, 2023) and, given know
 (pointing accuracy, token F1, AUPRC), each next to a random baseline with bootstrap confidence intervals.
 """
 
+from .compare import MethodComparison, compare_methods
 from .evaluate import DEFAULT_METRICS, evaluate_faithfulness
 from .metrics import HIGHER_IS_BETTER, METRICS, PLAUSIBILITY_METRICS
 from .ranking import DEFAULT_KS
@@ -23,9 +24,11 @@ __all__ = [
     "EmbeddingQuery",
     "Estimate",
     "FaithfulnessResult",
+    "MethodComparison",
     "MetricResult",
     "ProbabilityScorer",
     "TokenQuery",
     "bootstrap_estimate",
+    "compare_methods",
     "evaluate_faithfulness",
 ]
