@@ -108,6 +108,20 @@ GROUND_TRUTH_METHODS = (
     RANDOM_BASELINE,
 )
 
+#: Faithfulness metrics (``inseq_ext.evaluation.faithfulness.METRICS``) and the ones ``evaluate`` computes by default.
+FAITHFULNESS_METRICS = (
+    "comprehensiveness",
+    "sufficiency",
+    "soft_comprehensiveness",
+    "soft_sufficiency",
+    "deletion",
+    "insertion",
+    "pointing_accuracy",
+    "token_f1",
+    "auprc",
+)
+EVALUATE_METHODS = ("custom_saliency", "saliency", "integrated_gradients", "attention", "rotary_attention", "attnlrp")
+
 
 class CLIError(Exception):
     """A problem the user can fix: reported as one ``inseq-ext: error: ...`` line, exit status 2, no traceback."""
@@ -193,6 +207,50 @@ def step_function_list(text: str) -> list[str]:
     if not names:
         raise argparse.ArgumentTypeError(f"no step function named; choose from: {', '.join(STEP_FUNCTIONS)}")
     return [step_function(name) for name in names]
+
+
+def metric_list(text: str) -> list[str]:
+    """Comma-separated faithfulness metrics, or ``all``."""
+    if text.strip() == "all":
+        return ["all"]
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    unknown = [name for name in names if name not in FAITHFULNESS_METRICS]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(
+            f"unknown metric(s) {', '.join(map(repr, unknown)) or '(none given)'}; choose from: "
+            f"{', '.join(FAITHFULNESS_METRICS)}, or all"
+        )
+    return names
+
+
+def k_list(text: str) -> list[int | float]:
+    """Comma-separated top-k sizes: token counts (``3``) and/or fractions in (0, 1] (``0.05``)."""
+    ks: list[int | float] = []
+    for item in (part.strip() for part in text.split(",")):
+        if not item:
+            continue
+        try:
+            k: int | float = int(item) if item.isdigit() else float(item)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"{item!r} is not a number; give token counts (3) and/or fractions (0.05)"
+            ) from None
+        if (isinstance(k, int) and k < 1) or (isinstance(k, float) and not 0 < k <= 1):
+            raise argparse.ArgumentTypeError(f"{item}: a count must be at least 1, a fraction in (0, 1]")
+        ks.append(k)
+    if not ks:
+        raise argparse.ArgumentTypeError("no k given; e.g. 0.01,0.05,0.1,0.2,0.5")
+    return ks
+
+
+def non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be at least 0, got {value}")
+    return value
 
 
 def model_reference(text: str) -> str:
@@ -386,6 +444,118 @@ def add_ground_truth_command(commands: argparse._SubParsersAction) -> None:
     ground_truth.set_defaults(handler="inseq_ext.cli:run_ground_truth")
 
 
+def _add_faithfulness_options(parser: argparse.ArgumentParser, default_metrics: str) -> None:
+    """Options shared by ``evaluate`` and ``evaluate-demos`` (see ``inseq_ext.evaluation.evaluate_faithfulness``)."""
+    parser.add_argument(
+        "--metrics",
+        type=metric_list,
+        default=None,
+        metavar="NAME[,NAME...]",
+        help=f"faithfulness metrics, comma-separated, or all (default: {default_metrics}); one of: "
+        f"{', '.join(FAITHFULNESS_METRICS)}",
+    )
+    parser.add_argument(
+        "--ks",
+        type=k_list,
+        default=[0.01, 0.05, 0.1, 0.2, 0.5],
+        metavar="K[,K...]",
+        help="top-k sizes for comprehensiveness/sufficiency: token counts (3) and/or fractions (0.05) "
+        "(default: 0.01,0.05,0.1,0.2,0.5)",
+    )
+    parser.add_argument(
+        "--removal",
+        choices=("delete", "replace"),
+        default="delete",
+        help="delete removed tokens (default) or replace them by --baseline-token",
+    )
+    parser.add_argument(
+        "--baseline-token", default=None, metavar="TOKEN", help="replacement for --removal replace (default: unk)"
+    )
+    parser.add_argument(
+        "--random-seeds", type=non_negative_int, default=3, metavar="N", help="random rankings in the baseline (3)"
+    )
+    parser.add_argument(
+        "--soft-samples", type=positive_int, default=1, metavar="N", help="Bernoulli masks per token for Soft-NC/NS"
+    )
+    parser.add_argument(
+        "--bootstrap", type=non_negative_int, default=1000, metavar="N", help="bootstrap resamples for the CIs"
+    )
+    parser.add_argument("--seed", type=int, default=0, help="seed of everything random (default: 0)")
+    parser.add_argument("--json", type=output_file, metavar="FILE", help="write every value as JSON")
+    parser.add_argument("--markdown", type=output_file, metavar="FILE", help="also write the table as Markdown")
+    parser.add_argument("--quiet", "-q", action="store_true", help="no progress lines")
+
+
+def add_evaluate_command(commands: argparse._SubParsersAction) -> None:
+    evaluate = commands.add_parser(
+        "evaluate",
+        help="attribute a generation with several methods and rank them by faithfulness against a random baseline",
+        description="Generate a greedy continuation of PROMPT (or read --prompts), attribute it with every method "
+        "and print one table ranked by comprehensiveness AOPC, with the random baseline and bootstrap confidence "
+        "intervals.",
+    )
+    evaluate.add_argument("prompt", nargs="?", type=prompt_text, default=None, help="text to continue")
+    evaluate.add_argument(
+        "--prompts",
+        type=Path,
+        default=None,
+        metavar="FILE.jsonl",
+        help='one JSON object per line: {"prompt": ..., optional "continuation": text forced after the prompt '
+        '(the target text for encoder-decoders), optional "truth_positions": [prompt token indices]}',
+    )
+    demo_models = ", ".join(DEMO_PREFIX + name for name in DEMO_MODEL_NAMES)
+    evaluate.add_argument(
+        "--model", "-m", default=None, help=f"Hub name, local folder or {demo_models} (default: {DEMO_PREFIX}gpt2)"
+    )
+    evaluate.add_argument(
+        "--methods",
+        type=attribution_method_list,
+        default=list(EVALUATE_METHODS),
+        metavar="NAME[,NAME...]",
+        help=f"attribution methods to compare (default: {','.join(EVALUATE_METHODS)})",
+    )
+    evaluate.add_argument(
+        "--max-new-tokens", type=positive_int, default=8, metavar="N", help="tokens to generate, greedily (8)"
+    )
+    evaluate.add_argument(
+        "--plot",
+        type=output_file,
+        metavar="FILE.png",
+        help="deletion/insertion curves as PNG: FILE for one method, FILE_METHOD.png for several",
+    )
+    evaluate.add_argument(
+        "--html",
+        type=output_file,
+        metavar="FILE",
+        help="write one explorer with every method's map and its faithfulness scores in the method menu",
+    )
+    _add_faithfulness_options(evaluate, "comprehensiveness,sufficiency,soft_comprehensiveness,soft_sufficiency")
+    evaluate.set_defaults(handler="inseq_ext.evaluation.cli_evaluate:run_evaluate")
+
+
+def add_evaluate_demos_command(commands: argparse._SubParsersAction) -> None:
+    demos = commands.add_parser(
+        "evaluate-demos",
+        help="faithfulness and ground-truth pointing of every method on the demo models (the README table)",
+    )
+    demos.add_argument(
+        "--models", nargs="+", default=list(DEMO_MODEL_NAMES), choices=DEMO_MODEL_NAMES, help="(default: all)"
+    )
+    demos.add_argument(
+        "--methods",
+        type=attribution_method_list,
+        default=None,
+        metavar="NAME[,NAME...]",
+        help="methods to compare (default: every registered method)",
+    )
+    demos.add_argument(
+        "--per-task", type=positive_int, default=None, metavar="N", help="probes per task; translation: sentences"
+    )
+    _add_faithfulness_options(demos, "comprehensiveness,sufficiency,soft_comprehensiveness,soft_sufficiency,"
+                              "pointing_accuracy")  # fmt: skip
+    demos.set_defaults(handler="inseq_ext.evaluation.cli_evaluate:run_evaluate_demos")
+
+
 def add_attribute_dataset_command(commands: argparse._SubParsersAction) -> None:
     """``attribute-dataset``: handler and options in :mod:`inseq_ext.dataset_runs` (``attribute_dataset``)."""
     run = commands.add_parser(
@@ -530,6 +700,8 @@ def add_inseq_command(commands: argparse._SubParsersAction) -> None:
 COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     add_attribute_command,
     add_ground_truth_command,
+    add_evaluate_command,
+    add_evaluate_demos_command,
     add_attribute_dataset_command,
     add_summarize_command,
     add_demo_model_command,

@@ -305,10 +305,11 @@ OUTPUT_KINDS = {
 }
 
 
-def write_output(path: Path, option: str, write: Callable[[Path], None]) -> None:
+def write_output(path: Path, option: str, write: Callable[[Path], None], kind: str | None = None) -> None:
     """Run ``write`` on a temporary path renamed to ``path`` on success; an I/O failure becomes a :class:`CLIError`.
 
     Missing parent folders are created (and said so); after a failure, the folders created for it are removed.
+    ``kind`` names the file in the confirmation line (default: from the option).
     """
     created = missing_folders(path)
     try:
@@ -318,7 +319,7 @@ def write_output(path: Path, option: str, write: Callable[[Path], None]) -> None
         remove_empty_folders(created)
         raise CLIError(f"{option} {path}: cannot be written ({error.strerror or error})") from None
     note = f" (created the folder {created[0]})" if created else ""
-    print(f"{OUTPUT_KINDS.get(option, option)} written to {path}{note}")
+    print(f"{kind or OUTPUT_KINDS.get(option, option)} written to {path}{note}")
 
 
 def remove_empty_folders(folders: Sequence[Path]) -> None:

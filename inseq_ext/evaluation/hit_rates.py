@@ -14,6 +14,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import inseq
+from transformers.utils import logging as transformers_logging
 
 RANDOM_BASELINE = "random"
 # Methods that read attention weights from ``output_attentions``, which PyTorch's fused (SDPA) attention does not
@@ -42,14 +43,19 @@ class GroundTruthResult:
 
 @contextmanager
 def quiet_inseq_logging() -> Iterator[None]:
-    """Silence inseq's per-call log lines during an evaluation loop; the previous level comes back after."""
+    """Silence inseq's per-call log lines and transformers' "Loading weights" bars during an evaluation loop (it
+    loads a model per method); the previous settings come back after."""
     inseq_logger = logging.getLogger("inseq")
     previous_level = inseq_logger.level
+    progress_bars = transformers_logging.is_progress_bar_enabled()
     inseq_logger.setLevel(logging.ERROR)
+    transformers_logging.disable_progress_bar()
     try:
         yield
     finally:
         inseq_logger.setLevel(previous_level)
+        if progress_bars:
+            transformers_logging.enable_progress_bar()
 
 
 def summarize_hits(
