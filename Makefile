@@ -32,8 +32,9 @@ bench: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) benchmarks/bench_rotary_attention.py
 	HF_HUB_OFFLINE=1 $(PY) benchmarks/bench_attnlrp.py
 	HF_HUB_OFFLINE=1 $(PY) benchmarks/bench_dataset.py
+	HF_HUB_OFFLINE=1 $(PY) benchmarks/bench_evaluate.py
 
-# Long prompts (512 to 4,096 tokens) and bf16/fp16 closeness: long (hours on 2 shared cores; --lengths for less).
+# Long prompts (512 to 4,096 tokens) and bf16/fp16 closeness: long (about 40 min on 2 cores; --lengths for less).
 bench-long: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) benchmarks/bench_long_context.py
 	HF_HUB_OFFLINE=1 $(PY) benchmarks/bench_precision.py

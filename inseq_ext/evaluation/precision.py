@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import inseq
 import torch
@@ -82,7 +83,7 @@ def low_precision_agreement(
     prompts: Sequence[str],
     targets: Sequence[str],
     dtype: torch.dtype = torch.bfloat16,
-    **attribute_args,
+    **attribute_args: Any,
 ) -> MapAgreement:
     """Attribute ``targets`` (forced) with a ``dtype`` copy and a float32 copy of a causal LM, and compare the maps.
 
