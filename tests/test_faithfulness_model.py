@@ -80,6 +80,17 @@ def test_scorer_equals_plain_forward_passes(tiny_models, architecture):
         assert scorer.forward_tokens < unshared.forward_tokens
 
 
+def test_inputs_without_a_common_beginning_share_one_padded_pass(tiny_models):
+    """Short inputs that share no beginning (sufficiency's top-k tokens) run together, batched by length."""
+    model, tokenizer = tiny_models("llama")
+    ids = tokenizer("The first president of America is George Washington and").input_ids
+    # Alternating lengths in lexicographic order: no two neighbours share a first token.
+    queries = [TokenQuery(tuple(ids[start : start + 5 + start % 2]), ids[0]) for start in range(1, 6)]
+    scorer = ProbabilityScorer(model)
+    assert scorer(queries) == pytest.approx([direct_probability(model, query) for query in queries], abs=1e-5)
+    assert scorer.forward_passes == 1
+
+
 def test_prefixes_of_one_sequence_take_one_forward_pass(tiny_models):
     model, tokenizer = tiny_models("llama")
     ids = tokenizer("The first president of America is George").input_ids

@@ -253,8 +253,15 @@ class ProbabilityScorer:
         """``(batch, shared)``: batches of ``(row index, row)`` and how many leading tokens they share (0: none)."""
         items = list(enumerate(rows))
         if self.min_shared_prefix is not None and not self.is_encoder_decoder:
-            yield from self._shared_prefix_batches([item for item in items if item[1].kind == "tokens"])
-            items = [item for item in items if item[1].kind != "tokens"]
+            # Batches that share a beginning run as planned; rows that share none with their neighbours (e.g. the
+            # short inputs of sufficiency) are batched by length below, in fewer and fuller passes.
+            unshared: list[tuple[int, _Row]] = []
+            for batch, shared in self._shared_prefix_batches([item for item in items if item[1].kind == "tokens"]):
+                if shared:
+                    yield batch, shared
+                else:
+                    unshared.extend(batch)
+            items = unshared + [item for item in items if item[1].kind != "tokens"]
         for kind in ("tokens", "embeddings"):
             ordered = sorted((item for item in items if item[1].kind == kind), key=lambda item: -item[1].length)
             batch: list[tuple[int, _Row]] = []
