@@ -119,10 +119,11 @@ def _first_line(error: BaseException) -> str:
     return f"{type(error).__name__}: {text.splitlines()[0][:160]}" if text else type(error).__name__
 
 
-def write_faithfulness_explorer(comparison: Any, attributions: dict[str, list[Any]], label: str, path: Path) -> None:
+def write_faithfulness_explorer(comparison: Any, attributions: dict[str, list[Any]], path: Path) -> None:
     """One explorer page: each prompt's generation with a method menu, each method's faithfulness beside its map.
 
-    The values are the method's per-generation means (``MethodComparison.explorer_metrics(per_generation=True)``).
+    The values are the method's per-generation means (``MethodComparison.explorer_metrics(per_generation=True)``);
+    the page's title is the explorer's own (methods and model, ``demo:NAME`` or the model folder's name).
     """
     from ..views.explorer import write_explorer
 
@@ -130,12 +131,7 @@ def write_faithfulness_explorer(comparison: Any, attributions: dict[str, list[An
     generations = [
         {method: attributions[method][i] for method in methods} for i in range(len(attributions[methods[0]]))
     ]
-    write_explorer(
-        generations,
-        path,
-        title=f"inseq_ext explorer: {', '.join(methods)} on {label}, with faithfulness",
-        metrics=comparison.explorer_metrics(per_generation=True),
-    )
+    write_explorer(generations, path, metrics=comparison.explorer_metrics(per_generation=True))
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -219,8 +215,9 @@ def run_evaluate(args: argparse.Namespace) -> None:
                **comparison.to_dict()}  # fmt: skip
     _write_text_outputs(args, comparison.table(markdown=True), payload)
     if args.html is not None:
-        write_output(args.html, "--html", lambda temporary: write_faithfulness_explorer(comparison, attributions,
-                     label, temporary))  # fmt: skip
+        write_output(
+            args.html, "--html", lambda temporary: write_faithfulness_explorer(comparison, attributions, temporary)
+        )
     if args.plot is not None:
         for method, path in plot_paths(args.plot, list(comparison.results)).items():
             write_output(path, "--plot", lambda temporary, m=method: comparison.results[m].plot_curves(temporary),
