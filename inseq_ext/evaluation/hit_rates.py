@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
+import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -43,15 +44,17 @@ class GroundTruthResult:
 
 @contextmanager
 def quiet_inseq_logging() -> Iterator[None]:
-    """Silence inseq's per-call log lines and transformers' "Loading weights" bars during an evaluation loop (it
-    loads a model per method); the previous settings come back after."""
+    """Silence inseq's per-call log lines, transformers' "Loading weights" bars and captum's notice about hooks on
+    activations (printed by every DeepLift call) during an evaluation loop; the previous settings come back after."""
     inseq_logger = logging.getLogger("inseq")
     previous_level = inseq_logger.level
     progress_bars = transformers_logging.is_progress_bar_enabled()
     inseq_logger.setLevel(logging.ERROR)
     transformers_logging.disable_progress_bar()
     try:
-        yield
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Setting forward, backward hooks", category=UserWarning)
+            yield
     finally:
         inseq_logger.setLevel(previous_level)
         if progress_bars:
