@@ -8,6 +8,7 @@ import os
 import inseq
 import pytest
 import torch
+from helpers import one_torch_thread
 
 import inseq_ext  # noqa: F401  (registers the package's methods)
 from inseq_ext.tiny_models import ARCHITECTURES, build_model, build_tokenizer
@@ -76,3 +77,10 @@ def browser():
 
     with launched_browser() as chromium:
         yield chromium
+
+
+@pytest.fixture(scope="module")
+def single_torch_thread():
+    """For a module's tiny-model tests: ``pytestmark = pytest.mark.usefixtures("single_torch_thread")``."""
+    with one_torch_thread():
+        yield

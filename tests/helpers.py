@@ -2,7 +2,21 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import torch
+
+
+@contextmanager
+def one_torch_thread() -> Iterator[None]:
+    """One torch thread inside the block (tiny models: on a busy 2-core machine two threads wait on each other)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def attribution_fields(output, aggregate: bool = True):

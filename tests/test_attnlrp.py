@@ -18,7 +18,7 @@ import pytest
 import torch
 from attnlrp_reference import explicit_attnlrp
 from conftest import GREEDY, PROMPTS
-from test_model_unchanged import assert_same_state, model_state
+from test_model_unchanged import assert_same_state, logit_failing_at_second_call, model_state
 from transformers import (
     MarianConfig,
     MarianMTModel,
@@ -310,22 +310,12 @@ def test_model_and_attention_registry_unchanged_after_success_and_failure():
         assert_same_state(before, model)
         assert registry_state() == registry_before
 
-    calls = []
-
-    def failing_step_function(args):
-        calls.append(1)
-        if len(calls) == 2:
-            raise RuntimeError("boom at the second step")
-        logits = args.attribution_model.output2logits(args.forward_output)
-        return logits.gather(-1, args.target_ids.reshape(-1, 1)).squeeze(-1)
-
     for single_forward in (True, False):
-        calls.clear()
         with pytest.raises(RuntimeError, match="boom"):
             attribution_model.attribute(
                 PROMPTS,
                 generation_args=GREEDY,
-                attributed_fn=failing_step_function,
+                attributed_fn=logit_failing_at_second_call(),
                 single_forward=single_forward,
                 show_progress=False,
             )

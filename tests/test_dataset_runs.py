@@ -16,13 +16,13 @@ import socket
 import subprocess
 import sys
 import time
-from contextlib import contextmanager
 from pathlib import Path
 
 import inseq
 import numpy as np
 import pytest
 import torch
+from helpers import one_torch_thread
 
 import inseq_ext
 import inseq_ext_cli
@@ -49,16 +49,6 @@ GOOD_PROMPTS = [
 #: Options of every run of the test data set (the reference, the killed runs, the two-process run).
 RUN_OPTIONS = {"id_column": "id", "batch_size": 2, "shard_size": 2, "max_new_tokens": 5}
 CLI_OPTIONS = ["--id-column", "id", "--batch-size", "2", "--shard-size", "2", "--max-new-tokens", "5", "--quiet"]
-
-
-@contextmanager
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 def subprocess_env() -> dict[str, str]:
@@ -91,7 +81,7 @@ def model():
 def reference(data_file, model, tmp_path_factory) -> Path:
     """An uninterrupted one-process run of the test data set."""
     out = tmp_path_factory.mktemp("reference") / "run"
-    with one_thread():
+    with one_torch_thread():
         result = attribute_dataset(data_file, out, model=model, show_progress=False, **RUN_OPTIONS)
     assert result.complete and result.examples == len(GOOD_PROMPTS) and result.bad_rows == 5
     return out
@@ -126,7 +116,7 @@ def test_rows_and_rebuilt_outputs_equal_inseq(reference, model):
     assert len(frame) == run.manifest["rows"] == int(run.examples["steps"].sum())
     for example_id in ("p0", "p5", "p13"):
         record = run.examples.set_index("example_id").loc[example_id]
-        with one_thread():
+        with one_torch_thread():
             expected = model.attribute(record.prompt, record.generated_text, step_scores=["probability"],
                                        show_progress=False).sequence_attributions[0]  # fmt: skip
         rebuilt = run.inseq_output(example_id).sequence_attributions[0]
@@ -162,7 +152,7 @@ def test_batched_run_equals_one_at_a_time(reference, data_file, model, tmp_path)
     ]
     assert sum(len(keys) == 1 for keys in groups) >= 2
     assert "validate_attribute_args" not in vars(model)
-    with one_thread():
+    with one_torch_thread():
         attribute_dataset(data_file, tmp_path / "single", model=model, show_progress=False,
                           **{**RUN_OPTIONS, "batch_size": 1})  # fmt: skip
     batched, single = load_dataset_attributions(reference).to_pandas(), load_dataset_attributions(tmp_path / "single")
@@ -206,7 +196,7 @@ def test_a_changed_command_is_refused(reference, data_file, model):
         attribute_dataset(data_file, reference, model=model, show_progress=False, **{**RUN_OPTIONS, "batch_size": 4})
     # The same command finds everything done and leaves the folder as it was.
     before = (reference / "manifest.json").read_bytes()
-    with one_thread():
+    with one_torch_thread():
         result = attribute_dataset(data_file, reference, model=model, show_progress=False, **RUN_OPTIONS)
     assert (result.shards_resumed, result.shards_written) == (result.shards, 0)
     assert (reference / "manifest.json").read_bytes() == before
@@ -247,7 +237,7 @@ def test_a_method_failing_on_every_row_stops_the_run(data_file, model, tmp_path)
         attribute_dataset(data_file, tmp_path, model=model, method_args={"n_steps": 0}, show_progress=False,
                           **options)  # fmt: skip
     assert not RunFolder(tmp_path).completed_shards()
-    with one_thread():
+    with one_torch_thread():
         result = attribute_dataset(data_file, tmp_path, model=model, method_args={"n_steps": 2}, show_progress=False,
                                    **options)  # fmt: skip
     assert result.complete and load_dataset_attributions(tmp_path).command["method_args"] == {"n_steps": 2}
@@ -267,7 +257,7 @@ def test_a_folder_that_is_not_a_run_is_refused(data_file, tmp_path, model):
 
 def test_without_checkpoints_the_files_are_the_same(reference, data_file, model, tmp_path):
     """``checkpoint=False`` (for measuring what checkpoints cost) writes the same files at the end."""
-    with one_thread():
+    with one_torch_thread():
         attribute_dataset(data_file, tmp_path / "run", model=model, show_progress=False, checkpoint=False,
                           **RUN_OPTIONS)  # fmt: skip
     tables_equal(reference, tmp_path / "run")
@@ -325,7 +315,7 @@ def test_killed_runs_resume_to_the_uninterrupted_output(reference, data_file, mo
         assert partial.table.to_pylist() == [row for row in complete.table.to_pylist() if row["example_index"] in kept]
     # A writer killed mid-write leaves a temporary file; the resumed run removes it.
     (out / "shards" / ".shard-00099.parquet.tmp123.parquet").write_bytes(b"half a file")
-    with one_thread():
+    with one_torch_thread():
         result = attribute_dataset(data_file, out, model=model, show_progress=False, **RUN_OPTIONS)
     assert result.complete and result.shards_resumed == len(done)
     tables_equal(reference, out)
@@ -372,7 +362,7 @@ def test_layer_scores_and_encoder_decoder_outputs_are_rebuilt_exactly(model_name
     if model_name == "translation":
         data = write_jsonl(tmp_path / "data.jsonl", [json.dumps({"prompt": p}) for p in ("the red cat sleeps",
                                                                                          "a dog eats")])  # fmt: skip
-    with one_thread():
+    with one_torch_thread():
         attribute_dataset(data, tmp_path / "run", model=f"demo:{model_name}", method=method, batch_size=1,
                           max_new_tokens=4, show_progress=False, **options)  # fmt: skip
         run = load_dataset_attributions(tmp_path / "run")
@@ -402,7 +392,7 @@ def test_layer_scores_and_encoder_decoder_outputs_are_rebuilt_exactly(model_name
 def test_sampling_is_seeded_per_batch(data_file, model, tmp_path):
     options = {**RUN_OPTIONS, "generation_args": {"do_sample": True, "top_k": 0}, "limit": 6}
     texts = []
-    with one_thread():
+    with one_torch_thread():
         for name, seed in (("one", 0), ("two", 0), ("three", 1)):
             attribute_dataset(data_file, tmp_path / name, model=model, seed=seed, show_progress=False, **options)
             texts.append(load_dataset_attributions(tmp_path / name).examples["generated_text"].tolist())
@@ -498,7 +488,7 @@ def test_forced_targets_and_a_folder_left_while_preparing(model, tmp_path):
     data = write_jsonl(tmp_path / "data.jsonl", [json.dumps(row) for row in rows])
     (tmp_path / "run" / "shards").mkdir(parents=True)
     (tmp_path / "run" / "plan.json").write_text("{}")
-    with one_thread():
+    with one_torch_thread():
         result = attribute_dataset(data, tmp_path / "run", model=model, target_column="answer", show_progress=False)
     assert (result.examples, result.bad_rows) == (2, 1)
     run = load_dataset_attributions(tmp_path / "run")

@@ -20,14 +20,7 @@ from inseq_ext.attr.memory_budget import (
     plan_steps_per_backward,
 )
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """One thread for these small models: on a busy shared machine, two threads wait on each other (6x slower)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
 
 PROMPT = "Hello ladies and"

@@ -62,10 +62,9 @@ def test_unchanged_after_success(user_model, method):
         assert_same_state(before, model)
 
 
-@pytest.mark.parametrize("method", METHODS)
-def test_unchanged_after_error_inside_a_step(user_model, method):
-    attribution_model, model = user_model
-    before = model_state(model)
+def logit_failing_at_second_call():
+    """A step function (the target's logit) that raises at its second call: an error inside a step, after the
+    method has hooked the model."""
     calls = []
 
     def failing_step_function(args):
@@ -75,14 +74,20 @@ def test_unchanged_after_error_inside_a_step(user_model, method):
         logits = args.attribution_model.output2logits(args.forward_output)
         return logits.gather(-1, args.target_ids.reshape(-1, 1)).squeeze(-1)
 
+    return failing_step_function
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_unchanged_after_error_inside_a_step(user_model, method):
+    attribution_model, model = user_model
+    before = model_state(model)
     for single_forward in (True, False):
-        calls.clear()
         with pytest.raises(RuntimeError, match="boom"):
             attribution_model.attribute(
                 PROMPTS,
                 method=method,
                 generation_args=GREEDY,
-                attributed_fn=failing_step_function,
+                attributed_fn=logit_failing_at_second_call(),
                 single_forward=single_forward,
                 show_progress=False,
             )

@@ -14,14 +14,7 @@ from inseq_ext.attr.precision import Float32LinearHead, GradientScale, upcast_lo
 from inseq_ext.demo_models import demo_probes
 from inseq_ext.evaluation.precision import compare_maps, low_precision_agreement
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """One thread for these small models: on a busy shared machine, two threads wait on each other (6x slower)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
 
 METHODS = ["custom_saliency", "block_gradient_x_input", "rotary_attention", "attention_rollout", "attnlrp"]
