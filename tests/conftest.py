@@ -51,6 +51,20 @@ def tiny_models():
 
 
 @pytest.fixture(scope="session")
+def eager_models():
+    """Cache of ``architecture -> (hf_model, tokenizer)`` with the session's seeded weights and eager attention
+    (returns ``output_attentions``: the reference of the attention methods' tests)."""
+    cache: dict[str, tuple] = {}
+
+    def get(architecture: str):
+        if architecture not in cache:
+            cache[architecture] = build_model(architecture, attn_implementation="eager")
+        return cache[architecture]
+
+    return get
+
+
+@pytest.fixture(scope="session")
 def attribution_models(tiny_models):
     """Cache of ``architecture -> inseq AttributionModel`` wrapping the tiny model (default method: saliency)."""
     cache: dict[str, inseq.models.AttributionModel] = {}

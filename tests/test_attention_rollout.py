@@ -14,18 +14,6 @@ from inseq_ext.tiny_models import DECODER_ONLY_ARCHITECTURES, ENCODER_DECODER_AR
 TOLERANCE = 1e-5
 
 
-@pytest.fixture(scope="module")
-def eager_models():
-    cache = {}
-
-    def get(architecture: str):
-        if architecture not in cache:
-            cache[architecture] = build_model(architecture, attn_implementation="eager")
-        return cache[architecture]
-
-    return get
-
-
 def mixed(attention: torch.Tensor) -> torch.Tensor:
     """Reference ``rownorm(0.5 * mean_heads(A) + 0.5 * I)`` of one layer's ``(batch, heads, q, k)`` weights."""
     average = attention.mean(1).nan_to_num()  # padding queries of left-padded rows: never reached from real rows

@@ -41,18 +41,6 @@ ATTNLRP_ARCHITECTURES = [name for name in ARCHITECTURES if name in attnlrp_model
 
 
 @pytest.fixture(scope="module")
-def eager_models():
-    cache = {}
-
-    def get(architecture: str):
-        if architecture not in cache:
-            cache[architecture] = build_model(architecture, attn_implementation="eager")
-        return cache[architecture]
-
-    return get
-
-
-@pytest.fixture(scope="module")
 def qwen2_with_biases():
     """Tiny Qwen2 whose q/k/v biases (zero at initialization) are random, so bias absorption is exercised."""
     model, tokenizer = build_model("qwen2")

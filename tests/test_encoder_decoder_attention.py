@@ -9,22 +9,10 @@ from conftest import GREEDY, PROMPTS
 from inseq.attr import FeatureAttribution
 
 from inseq_ext import capture_queries_keys
-from inseq_ext.tiny_models import ENCODER_DECODER_ARCHITECTURES, build_model
+from inseq_ext.tiny_models import ENCODER_DECODER_ARCHITECTURES
 
 TOLERANCE = 1e-5
 ATTRIBUTIONS = ("source_attributions", "target_attributions")
-
-
-@pytest.fixture(scope="module")
-def eager_models():
-    cache = {}
-
-    def get(architecture: str):
-        if architecture not in cache:
-            cache[architecture] = build_model(architecture, attn_implementation="eager")
-        return cache[architecture]
-
-    return get
 
 
 def assert_close_outputs(ours, reference) -> float:

@@ -17,19 +17,6 @@ ROTARY_FAMILIES = ["llama", "mistral", "qwen2", "qwen3", "gpt_neox", "phi"]
 TOLERANCE = 1e-5
 
 
-@pytest.fixture(scope="module")
-def eager_models():
-    """Same seeded weights as the session's SDPA models, with eager attention (returns ``output_attentions``)."""
-    cache = {}
-
-    def get(architecture: str):
-        if architecture not in cache:
-            cache[architecture] = build_model(architecture, attn_implementation="eager")
-        return cache[architecture]
-
-    return get
-
-
 def left_padded(tokenizer, prompts=PROMPTS):
     tokenizer.padding_side = "left"
     encoded = tokenizer(prompts, return_tensors="pt", padding=True)
