@@ -139,14 +139,22 @@ class Parser(argparse.ArgumentParser):
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def positive_int(text: str) -> int:
+def whole_number_at_least(text: str, minimum: int) -> int:
     try:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    if value < minimum:
+        raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
     return value
+
+
+def positive_int(text: str) -> int:
+    return whole_number_at_least(text, 1)
+
+
+def non_negative_int(text: str) -> int:
+    return whole_number_at_least(text, 0)
 
 
 def prompt_text(text: str) -> str:
@@ -241,16 +249,6 @@ def k_list(text: str) -> list[int | float]:
     if not ks:
         raise argparse.ArgumentTypeError("no k given; e.g. 0.01,0.05,0.1,0.2,0.5")
     return ks
-
-
-def non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be at least 0, got {value}")
-    return value
 
 
 def model_reference(text: str) -> str:
